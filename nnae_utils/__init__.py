@@ -1,0 +1,15 @@
+"""nnae_utils: the logic behind the "Neural Network Autoencoders for Compressed Neuroevolution" suite.
+
+One module per concept; data flows one way, stage to stage, through files on disk:
+
+- ``policies``: MLP actors and the open network file format (safetensors + index.json)
+- ``rollouts``: Hopper-v5, batched population evaluation, the gymnasium reference path
+- ``td3``: a CleanRL-style TD3 learner with resumable checkpoints
+- ``zoo``: training runs, snapshots, the zoo's index and its splits
+- ``states``: the state dataset the functional loss is computed on
+- ``stats`` / ``plots``: statistics and figures
+- ``stages``: each stage's typed parameters and artifact layout
+- ``pipeline``: profiles, caching and the papermill runner (command line)
+"""
+
+__version__ = "0.1.0"

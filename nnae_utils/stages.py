@@ -1,0 +1,304 @@
+"""The pipeline's stages: their notebooks, typed parameters, and where their artifacts live.
+
+Each stage notebook has a cell tagged ``parameters`` whose names and defaults mirror one of the
+dataclasses below (a test keeps them in step with ``profiles/default.yaml``). The notebook's next
+cell validates its parameters through the dataclass, so a bad value fails in the first seconds,
+both under the pipeline and under plain ``papermill -p``.
+
+Artifacts of stage ``s`` of a run go to ``<run_dir>/<s.folder>/``. They are written into a
+staging folder and moved into place only when the stage finishes (:class:`StageOutput`), so a
+failed or interrupted stage never leaves a half-written artifact where a later stage would read it.
+
+Example:
+    >>> p = DataParams.from_mapping({"run_dir": "runs/x", "n_runs": 3})
+    >>> p.n_runs
+    3
+    >>> DataParams.from_mapping({"n_runs": 0})
+    Traceback (most recent call last):
+    ...
+    nnae_utils.stages.ParameterError: data: n_runs must be > 0, got 0
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+STAGE_RECORD = "stage.json"
+
+
+def enter_project_root(start: str | os.PathLike | None = None) -> Path:
+    """Make relative run folders mean the same thing wherever papermill started the kernel.
+
+    Walks up from ``start`` (the working directory) to the folder holding ``profiles/`` and
+    ``notebooks/`` and changes into it; stays put if there is none (an installed package).
+    """
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "profiles").is_dir() and (folder / "notebooks").is_dir():
+            os.chdir(folder)
+            return folder
+    return here
+
+
+class ParameterError(ValueError):
+    """A stage parameter that is unknown, of the wrong type, or out of range."""
+
+
+class MissingInputError(FileNotFoundError):
+    """An artifact that an upstream stage should have written is not there."""
+
+
+def _check_type(stage: str, name: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{stage}: {name} must be a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ParameterError(f"{stage}: {name} must be an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"{stage}: {name} must be true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParameterError(f"{stage}: {name} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(f"{stage}: {name} must be a list, got {value!r}")
+        return [_check_type(stage, f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    raise TypeError(f"unsupported parameter annotation {annotation!r}")
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters every stage shares. Subclasses add their own, each with a docstring."""
+
+    run_dir: str = "runs/default"
+    """Folder of this run (one per profile); stage artifacts go to its sub-folders."""
+    seed: int = 0
+    """Master seed of the stage: every random choice derives from it."""
+
+    STAGE: typing.ClassVar[str] = "stage"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check_type(self.STAGE, f.name, getattr(self, f.name), hints[f.name]))
+        if not self.run_dir:
+            raise ParameterError(f"{self.STAGE}: run_dir must not be empty")
+        if self.seed < 0:
+            raise ParameterError(f"{self.STAGE}: seed must be >= 0, got {self.seed}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks of the subclass (raise :class:`ParameterError`)."""
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            if not values or any(v <= 0 for v in values):
+                raise ParameterError(f"{self.STAGE}: {name} must be > 0, got {value!r}")
+
+    def _fraction(self, name: str, *, closed_high: bool = False) -> None:
+        value = getattr(self, name)
+        if not (0.0 <= value < 1.0 or (closed_high and value == 1.0)):
+            raise ParameterError(f"{self.STAGE}: {name} must lie in [0, 1), got {value!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "StageParams":
+        """Build from a mapping (a profile, ``-p`` overrides); unknown names are an error."""
+        known = set(cls.field_names())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ParameterError(
+                f"{cls.STAGE}: unknown parameter(s) {unknown}; known parameters: {sorted(known)}"
+            )
+        return cls(**dict(values))
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "StageParams":
+        """Build from a notebook's globals (after the parameters cell and papermill's injection)."""
+        return cls(**{name: namespace[name] for name in cls.field_names() if name in namespace})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / STAGES_BY_NAME[stage].folder
+
+    def upstream_dir(self, stage: str) -> Path:
+        """The finished artifact folder of an upstream stage, or a clear error if it is missing."""
+        path = self.stage_dir(stage)
+        if not (path / STAGE_RECORD).is_file() and not (path / "summary.json").is_file():
+            raise MissingInputError(
+                f"{self.STAGE} needs the artifacts of stage '{stage}' in {path}, which do not exist. "
+                f"Run it first: python -m nnae_utils.pipeline --run-dir {self.run_dir} --only {stage}"
+            )
+        return path
+
+    def work_dir(self, *parts: str) -> Path:
+        """Persistent scratch space of this run (training checkpoints), kept across stage reruns."""
+        path = self.root.joinpath("_work", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class DataParams(StageParams):
+    """Stage 1: a policy zoo trained with TD3 on Hopper-v5, its splits, and the state dataset."""
+
+    STAGE: typing.ClassVar[str] = "data"
+
+    env_id: str = "Hopper-v5"
+    """Gymnasium environment id (the batched evaluator implements Hopper-v5)."""
+    zoo_source: str = "train"
+    """'train': train the zoo's TD3 runs now; otherwise a folder holding a shipped zoo (index.json)."""
+    n_runs: int = 4
+    """Independent TD3 training runs (seeds seed, seed+1, ...)."""
+    steps_per_run: int = 60_000
+    """Environment steps of each TD3 run."""
+    learning_starts: int = 5_000
+    """Random-action steps before TD3's first update."""
+    actor_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden widths of the policy networks (the zoo's architecture)."""
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of TD3's twin critics."""
+    batch_size: int = 256
+    """TD3 minibatch size."""
+    snapshot_every: int = 5_000
+    """Steps between evaluated snapshots of a run (each a zoo candidate)."""
+    selection_episodes: int = 5
+    """Episodes of the in-training evaluation that selects candidate snapshots."""
+    return_threshold: float = 0.0
+    """A snapshot joins the zoo when its selection return and its admission return reach this."""
+    min_snapshot_step: int = 0
+    """Snapshots before this step are never candidates."""
+    max_networks_per_run: int = 40
+    """At most this many snapshots per run, spread evenly over the qualifying ones."""
+    score_episodes: int = 10
+    """Fresh-seed episodes for the admission score and, separately, for the reported score."""
+    jobs: int = 2
+    """Training runs in parallel (one process and one torch thread each)."""
+    split_by: str = "run"
+    """'run': snapshots of one run never straddle two splits; 'network': a random split."""
+    validation_runs: int = 1
+    """Runs held out for validation (or, splitting by network, the same share of networks drawn at random)."""
+    test_runs: int = 1
+    """Runs held out for test (or, splitting by network, the same share of networks drawn at random)."""
+    state_episodes: int = 2
+    """Episodes each zoo network is deployed for to collect visited states."""
+    n_states: int = 20_000
+    """Size of the state dataset (visited states subsampled, plus random states)."""
+    random_fraction: float = 0.2
+    """Fraction of the state dataset that is random states (the paper's decorrelated inputs)."""
+
+    def validate(self) -> None:
+        self._positive(
+            "n_runs", "steps_per_run", "actor_hidden", "critic_hidden", "batch_size", "snapshot_every",
+            "selection_episodes", "max_networks_per_run", "score_episodes", "jobs", "state_episodes", "n_states",
+        )
+        if self.learning_starts < 0 or self.min_snapshot_step < 0:
+            raise ParameterError("data: learning_starts and min_snapshot_step must be >= 0")
+        if self.learning_starts >= self.steps_per_run and self.zoo_source == "train":
+            raise ParameterError(
+                f"data: learning_starts ({self.learning_starts}) must be below steps_per_run ({self.steps_per_run})"
+            )
+        self._fraction("random_fraction")
+        if self.split_by not in ("run", "network"):
+            raise ParameterError(f"data: split_by must be 'run' or 'network', got {self.split_by!r}")
+        if self.validation_runs < 0 or self.test_runs < 0:
+            raise ParameterError("data: validation_runs and test_runs must be >= 0")
+        if self.split_by == "run" and self.zoo_source == "train" and self.n_runs < self.validation_runs + self.test_runs + 1:
+            raise ParameterError(
+                f"data: split_by='run' needs n_runs >= validation_runs + test_runs + 1 "
+                f"({self.validation_runs + self.test_runs + 1}), got {self.n_runs}"
+            )
+        import gymnasium
+
+        if self.env_id not in gymnasium.envs.registry:
+            raise ParameterError(f"data: unknown environment id {self.env_id!r}")
+        if self.zoo_source != "train" and not (Path(self.zoo_source) / "index.json").is_file():
+            raise MissingInputError(
+                f"data: zoo_source {self.zoo_source!r} is neither 'train' nor a zoo folder with an index.json"
+            )
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    """Short name used on the command line (``--only data``)."""
+    folder: str
+    """Artifact folder and notebook stem (``01_data``)."""
+    params: type[StageParams]
+    upstream: tuple[str, ...] = ()
+
+    @property
+    def notebook(self) -> str:
+        return f"notebooks/{self.folder}.ipynb"
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "01_data", DataParams),
+)
+STAGES_BY_NAME = {s.name: s for s in STAGES}
+
+
+class StageOutput:
+    """Write a stage's artifacts into a staging folder, then move them into place at once.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> out = StageOutput.begin(DataParams(run_dir=root))
+        >>> _ = (out.path / "a.txt").write_text("x")
+        >>> final = out.commit({"n": 1})
+        >>> sorted(p.name for p in final.iterdir())
+        ['a.txt', 'summary.json']
+    """
+
+    def __init__(self, final: Path, staging: Path):
+        self.final, self.path = final, staging
+
+    @classmethod
+    def begin(cls, params: StageParams) -> "StageOutput":
+        final = params.stage_dir(params.STAGE)
+        staging = final.with_name(final.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return cls(final, staging)
+
+    def commit(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` and replace the stage's folder with the staging folder."""
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        old = self.final.with_name(self.final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.final.exists():
+            os.replace(self.final, old)
+        os.replace(self.path, self.final)
+        if old.exists():
+            shutil.rmtree(old)
+        return self.final

@@ -1,0 +1,343 @@
+"""The policy zoo: TD3 training runs, snapshot selection, fresh-seed scores, splits, and a loader.
+
+A zoo is a folder of networks in the suite's format (see :mod:`nnae_utils.policies`) with an
+``index.json`` and a ``splits.json``. How a snapshot gets in:
+
+1. a TD3 run evaluates its actor every ``snapshot_every`` steps on its *selection* seeds and
+   saves the snapshot (:func:`nnae_utils.td3.train_td3`);
+2. snapshots whose selection return reaches the threshold are candidates, at most
+   ``max_per_run`` per run, spread evenly over training time;
+3. each candidate is scored on fresh *admission* seeds; those that reach the threshold again join;
+4. members are scored once more on fresh *report* seeds: that is the return ``index.json`` reports.
+
+Example:
+    >>> records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(4) for k in range(2)]
+    >>> s = split_zoo(records, by="run", validation=1, test=1, seed=0)
+    >>> sorted(len(v) for v in s["splits"].values())
+    [2, 2, 4]
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .policies import Network, load_network, read_index, save_network, write_index
+from .rollouts import evaluate
+from .seeds import eval_seeds
+
+SPLITS = ("train", "validation", "test")
+SPLITS_FILE = "splits.json"
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def _train_one(cfg, run_dir: str) -> str:
+    from .td3 import train_td3
+
+    train_td3(cfg, Path(run_dir), progress=False)
+    return run_dir
+
+
+def train_runs(configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progress: bool = True) -> list[Path]:
+    """Train (or resume) one TD3 run per config, ``jobs`` processes at a time, one torch thread each.
+
+    Run ``i`` lives in ``work_root/<settings digest>/seed_<cfg.seed>``, so runs of other settings
+    never collide, and a finished run is resumed (a no-op) rather than retrained.
+    The progress bar follows the runs' ``curve.csv`` files, so it works across processes.
+    """
+    run_dirs = [Path(work_root) / settings_digest(cfg) / f"seed_{cfg.seed}" for cfg in configs]
+    total = sum(cfg.total_steps for cfg in configs)
+    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, tqdm(
+        total=total, desc="TD3 runs", unit="step", disable=not progress, mininterval=5
+    ) as bar:
+        futures = [pool.submit(_train_one, cfg, str(d)) for cfg, d in zip(configs, run_dirs)]
+        while True:
+            done, _ = cf.wait(futures, timeout=5)
+            bar.n = sum(_last_step(d) for d in run_dirs)
+            bar.set_postfix(best=f"{max((_best_return(d) for d in run_dirs), default=float('nan')):.0f}")
+            bar.refresh()
+            if len(done) == len(futures):
+                break
+        for fut in futures:
+            fut.result()  # re-raise a run's error here, naming it
+    return run_dirs
+
+
+def settings_digest(cfg: Any) -> str:
+    """A short hash of a run's settings other than its seed."""
+    import dataclasses
+    import hashlib
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _curve(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / "curve.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["step", "return_mean"])
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return pd.DataFrame(columns=["step", "return_mean"])
+
+
+def _last_step(run_dir: Path) -> int:
+    curve = _curve(run_dir)
+    return int(curve["step"].max()) if len(curve) else 0
+
+
+def _best_return(run_dir: Path) -> float:
+    curve = _curve(run_dir)
+    return float(curve["return_mean"].max()) if len(curve) else float("nan")
+
+
+def training_curves(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """All runs' in-training evaluations, with a ``run`` column (the run's seed)."""
+    frames = []
+    for d in run_dirs:
+        curve = _curve(Path(d))
+        if len(curve):
+            frames.append(curve.assign(run=int(Path(d).name.split("_")[-1])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- selection and scoring
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run: int
+    step: int
+    selection_return: float
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return f"run{self.run:02d}_step{self.step:07d}"
+
+
+def select_candidates(
+    run_dirs: Iterable[Path], *, threshold: float, min_step: int = 0, max_per_run: int = 40
+) -> list[Candidate]:
+    """Snapshots whose selection return reaches ``threshold``, spread evenly over each run."""
+    chosen: list[Candidate] = []
+    for d in run_dirs:
+        d = Path(d)
+        curve = _curve(d)
+        run = int(d.name.split("_")[-1])
+        ok = curve[(curve["return_mean"] >= threshold) & (curve["step"] >= min_step)].sort_values("step")
+        rows = [r for r in ok.itertuples() if (d / "snapshots" / f"step_{int(r.step):07d}.safetensors").is_file()]
+        if len(rows) > max_per_run:
+            picks = np.unique(np.linspace(0, len(rows) - 1, max_per_run).round().astype(int))
+            rows = [rows[i] for i in picks]
+        chosen += [
+            Candidate(run, int(r.step), float(r.return_mean), d / "snapshots" / f"step_{int(r.step):07d}.safetensors")
+            for r in rows
+        ]
+    return chosen
+
+
+def build_zoo(
+    candidates: Sequence[Candidate],
+    out_dir: Path,
+    *,
+    threshold: float,
+    episodes: int,
+    provenance: Mapping[str, Any],
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score candidates on fresh admission seeds, keep those reaching ``threshold``, score the members
+    on fresh report seeds, and write them with ``index.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not candidates:
+        write_index(out_dir, [])
+        return []
+    nets = [load_network(c.path) for c in candidates]
+    admission_seeds = eval_seeds("zoo_admission", episodes)
+    admitted = evaluate(nets, admission_seeds, progress=progress).returns.mean(axis=1)
+    keep = [i for i in range(len(nets)) if admitted[i] >= threshold]
+    report_seeds = eval_seeds("zoo_report", episodes)
+    records = []
+    if keep:
+        report = evaluate([nets[i] for i in keep], report_seeds, progress=progress)
+        for j, i in enumerate(keep):
+            c = candidates[i]
+            save_network(out_dir / f"{c.id}.safetensors", nets[i])
+            records.append(
+                {
+                    "id": c.id,
+                    "return_mean": float(report.returns[j].mean()),
+                    "return_std": float(report.returns[j].std()),
+                    "episodes": int(episodes),
+                    "eval_seeds": report_seeds.tolist(),
+                    "episode_returns": report.returns[j].round(3).tolist(),
+                    "provenance": {
+                        **provenance,
+                        "run": c.run,
+                        "step": c.step,
+                        "selection_return": round(c.selection_return, 3),
+                        "admission_return": round(float(admitted[i]), 3),
+                        "admission_seeds": admission_seeds.tolist(),
+                    },
+                }
+            )
+    write_index(out_dir, records)
+    return records
+
+
+# --------------------------------------------------------------------------- splits and loading
+
+
+def split_zoo(
+    records: Sequence[Mapping[str, Any]], *, by: str = "run", validation: int = 1, test: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Assign every network to train / validation / test.
+
+    ``by="run"``: whole runs go to one split (``validation`` and ``test`` runs, drawn at random with
+    ``seed``; the rest train), so snapshots of one run never straddle two splits.
+    ``by="network"``: networks are shuffled and split in the same proportions.
+    """
+    rng = np.random.default_rng(seed)
+    ids = [r["id"] for r in records]
+    if by == "run":
+        runs = sorted({int(r["provenance"]["run"]) for r in records})
+        if len(runs) < validation + test + 1:
+            raise ValueError(
+                f"a split by run needs at least {validation + test + 1} runs with zoo members, got {len(runs)}: {runs}. "
+                "Train more runs, lower the return threshold, or split by network."
+            )
+        order = [int(x) for x in rng.permutation(runs)]
+        assign = {run: "test" for run in order[:test]}
+        assign.update({run: "validation" for run in order[test : test + validation]})
+        splits = {s: [r["id"] for r in records if assign.get(int(r["provenance"]["run"]), "train") == s] for s in SPLITS}
+        runs_of = {s: sorted({int(r["provenance"]["run"]) for r in records if r["id"] in set(splits[s])}) for s in SPLITS}
+    elif by == "network":
+        n_runs = max(len({int(r["provenance"]["run"]) for r in records}), 1)
+        order = list(rng.permutation(len(ids)))
+        n_test = max(1, round(len(ids) * test / n_runs)) if test else 0
+        n_val = max(1, round(len(ids) * validation / n_runs)) if validation else 0
+        if n_test + n_val >= len(ids):
+            raise ValueError(f"too few networks ({len(ids)}) for a validation and a test split")
+        splits = {
+            "test": [ids[i] for i in order[:n_test]],
+            "validation": [ids[i] for i in order[n_test : n_test + n_val]],
+            "train": [ids[i] for i in order[n_test + n_val :]],
+        }
+        runs_of = {s: sorted({int(r["provenance"]["run"]) for r in records if r["id"] in set(splits[s])}) for s in SPLITS}
+    else:
+        raise ValueError(f"split by 'run' or 'network', got {by!r}")
+    return {"rule": by, "seed": seed, "splits": splits, "runs": runs_of}
+
+
+def write_splits(zoo_dir: Path, splits: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``splits.json`` and record each network's split in ``index.json``."""
+    zoo_dir = Path(zoo_dir)
+    where = {i: s for s, members in splits["splits"].items() for i in members}
+    for rec in records:
+        rec["provenance"]["split"] = where[rec["id"]]
+    write_index(zoo_dir, records)
+    path = zoo_dir / SPLITS_FILE
+    path.write_text(json.dumps(splits, indent=1))
+    return path
+
+
+@dataclass
+class Zoo:
+    """A loaded zoo: index records, their networks, and the split of each."""
+
+    directory: Path
+    records: list[dict[str, Any]]
+    networks: list[Network]
+    splits: dict[str, list[str]]
+
+    def ids(self, split: str | None = None) -> list[str]:
+        return [r["id"] for r in self.records] if split is None else list(self.splits[split])
+
+    def select(self, split: str) -> "Zoo":
+        keep = set(self.splits[split])
+        idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
+        return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx], {split: self.ids(split)})
+
+    def returns(self) -> np.ndarray:
+        return np.array([r["return_mean"] for r in self.records])
+
+    def frame(self) -> pd.DataFrame:
+        """One row per network: id, split, run, step, return_mean, return_std."""
+        where = {i: s for s, members in self.splits.items() for i in members}
+        return pd.DataFrame(
+            {
+                "id": r["id"],
+                "split": where.get(r["id"], "unassigned"),
+                "run": r["provenance"].get("run"),
+                "step": r["provenance"].get("step"),
+                "return_mean": r["return_mean"],
+                "return_std": r["return_std"],
+            }
+            for r in self.records
+        )
+
+
+def load_zoo(directory: str | os.PathLike, split: str | None = None) -> Zoo:
+    """Load a zoo folder (``index.json`` + ``splits.json`` + network files), optionally one split."""
+    directory = Path(directory)
+    records = read_index(directory)
+    splits_path = directory / SPLITS_FILE
+    if not splits_path.is_file():
+        raise FileNotFoundError(f"zoo {directory} has no {SPLITS_FILE}")
+    splits = json.loads(splits_path.read_text())["splits"]
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    zoo = Zoo(directory, records, [load_network(directory / f"{r['id']}.safetensors") for r in records], splits)
+    return zoo.select(split) if split else zoo
+
+
+def copy_zoo(source: str | os.PathLike, destination: Path) -> Path:
+    """Copy a shipped zoo (network files, index.json, splits.json, curves) after validating it."""
+    import shutil
+
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"zoo_source {source} is not a folder (use 'train' to train a zoo)")
+    load_zoo(source)  # every file present, readable and consistent before anything is copied
+    shutil.copytree(source, destination)
+    return destination
+
+
+def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:
+    """The training curves a shipped zoo carries (``training_curves.csv``), if any."""
+    path = Path(source) / "training_curves.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped zoo {source} has no training_curves.csv")
+    return pd.read_csv(path)
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the software a result depends on (recorded beside every artifact)."""
+    import platform
+
+    import gymnasium
+    import mujoco
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
