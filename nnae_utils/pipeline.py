@@ -295,7 +295,7 @@ def build_book(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None 
     run_dir = Path(run_dir)
     output_dir = Path(output_dir) if output_dir else run_dir
     src = assemble_book(run_dir)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(output_dir), "-W", "--keep-going"]
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(output_dir), "-W", "--keep-going"]
     log.info("building the book: %s", " ".join(cmd))
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)

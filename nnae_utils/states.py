@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -75,8 +76,14 @@ def collect_states(
     rng = np.random.default_rng(seed)
     result = evaluate(list(networks), eval_seeds("states", episodes), record="observations", progress=progress)
     visited, owner = result.observations.astype(np.float32), result.observation_owner[:, 0]
-    n_random = int(round(n_states * random_fraction))
-    n_visited = min(n_states - n_random, len(visited))
+    n_visited = min(n_states - int(round(n_states * random_fraction)), len(visited))
+    if n_visited < n_states - int(round(n_states * random_fraction)):
+        warnings.warn(
+            f"the zoo visited only {len(visited)} states; the dataset shrinks to keep random_fraction={random_fraction}",
+            stacklevel=2,
+        )
+    # keep the requested share of random states even when fewer visited states exist
+    n_random = int(round(n_visited * random_fraction / (1.0 - random_fraction)))
     pick = np.sort(rng.choice(len(visited), size=n_visited, replace=False))
     random_states = product_of_marginals(visited, n_random, rng)
     states = np.concatenate([visited[pick], random_states]).astype(np.float32)

@@ -1,5 +1,6 @@
 """The project's metadata agrees with itself: pins, notebooks, profiles."""
 import re
+import sys
 import typing
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import yaml
 
 from nnae_utils.pipeline import load_profile, list_profiles, resolve_params
 from nnae_utils.stages import STAGES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from notebook_parameters import render_parameters_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +62,7 @@ def test_notebook_parameters_mirror_the_stage_dataclass_and_default_profile(stag
     assert list(inferred) == stage.params.field_names()
     hints = typing.get_type_hints(stage.params)
     default = resolve_params(load_profile("default"), {}, Path("runs/default"))[stage.name].to_dict()
+    assert tagged[0].source == render_parameters_cell(stage), "run: python tools/notebook_parameters.py --write"
     namespace: dict = {}
     exec(tagged[0].source, namespace)
     for name, info in inferred.items():

@@ -1,0 +1,122 @@
+"""The pipeline end to end on the smoke profile: papermill, caching, failures, the book."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnae_utils.pipeline import PROJECT_ROOT, main
+from nnae_utils.stages import STAGES
+
+SMOKE_BUDGET_S = 300  # issue 2: the smoke profile runs the whole pipeline in 5 minutes or less
+
+
+def cli(*args, cwd=PROJECT_ROOT, timeout=900):
+    return subprocess.run([sys.executable, "-m", "nnae_utils.pipeline", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    start = time.time()
+    proc = cli("--profile", "smoke", "--run-dir", str(run_dir))
+    elapsed = time.time() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return run_dir, elapsed, proc
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_runs_every_stage_within_budget(smoke_run):
+    run_dir, elapsed, _ = smoke_run
+    assert elapsed < SMOKE_BUDGET_S, f"smoke pipeline took {elapsed:.0f} s"
+    for stage in STAGES:
+        folder = run_dir / stage.folder
+        assert (folder / "summary.json").is_file() and (folder / "stage.json").is_file()
+        assert (run_dir / "executed" / f"{stage.folder}.ipynb").is_file()
+        assert not folder.with_name(folder.name + ".partial").exists()
+    summary = json.loads((run_dir / "01_data" / "summary.json").read_text())
+    assert summary["n_networks"] > 0 and summary["n_runs"] == 3
+    assert (run_dir / "01_data" / "zoo" / "index.json").is_file()
+    assert (run_dir / "01_data" / "states.npz").is_file()
+
+
+@pytest.mark.slow
+def test_second_run_recomputes_nothing_and_force_is_honoured(smoke_run):
+    run_dir, _, _ = smoke_run
+    before = (run_dir / "01_data" / "stage.json").read_text()
+    proc = cli("--profile", "smoke", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(f"stage {s.name}: cached" in proc.stdout for s in STAGES)
+    assert (run_dir / "01_data" / "stage.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_a_failing_stage_names_notebook_and_cell_and_keeps_earlier_artifacts(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    summary_before = (run_dir / "01_data" / "summary.json").read_text()
+    broken = tmp_path / "zoo_without_splits"
+    broken.mkdir()
+    (broken / "index.json").write_text("[]")  # passes the up-front check, fails when the zoo is loaded
+    proc = cli("--profile", "smoke", "--run-dir", str(run_dir), "-p", f"data.zoo_source={broken}")
+    assert proc.returncode == 1
+    assert "stage 'data' failed in notebooks/01_data.ipynb, cell" in proc.stderr
+    assert "splits.json" in proc.stderr
+    assert (run_dir / "executed" / "01_data.failed.ipynb").is_file()
+    # the finished artifacts of the earlier successful run are untouched
+    assert (run_dir / "01_data" / "summary.json").read_text() == summary_before
+
+
+@pytest.mark.slow
+def test_book_builds_from_smoke_outputs_with_warnings_as_errors(smoke_run):
+    run_dir, _, _ = smoke_run
+    proc = cli("--profile", "smoke", "--run-dir", str(run_dir), "--book-only")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    html = run_dir / "_build" / "html"
+    for page in ["index.html", "book/intro.html", "notebooks/01_data.html", "book/network_format.html",
+                 "book/reproduce.html", "book/bibliography.html"]:
+        assert (html / page).is_file(), page
+    chapter = (html / "notebooks" / "01_data.html").read_text()
+    assert "What this stage found" in chapter and "networks from" in chapter
+    assert "01_data" in (html / "book" / "reproduce.html").read_text()  # measured run times table
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.bogus=1", "unknown parameter"),
+        ("data.n_runs=abc", "n_runs must be an integer"),
+        ("data.n_runs=-2", "n_runs must be > 0"),
+        ("data.steps_per_run=0", "steps_per_run must be > 0"),
+        ("data.env_id=NoSuchEnv-v0", "unknown environment id"),
+        ("nostage.x=1", "unknown stage"),
+        ("data.zoo_source=/no/such/zoo", "zoo_source"),
+    ],
+)
+def test_bad_overrides_fail_before_anything_runs(tmp_path, capsys, override, message):
+    code = main(["--profile", "smoke", "--run-dir", str(tmp_path / "run"), "-p", override])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_unknown_profile_and_unrun_profile(tmp_path, capsys):
+    assert main(["--profile", "nope", "--run-dir", str(tmp_path)]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+    assert main(["--profile", "paper", "--run-dir", str(tmp_path / "p")]) == 2
+    assert "not run on this kind of machine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plain_papermill_validates_parameters_in_the_first_cells(tmp_path):
+    out = tmp_path / "out.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", "notebooks/01_data.ipynb", str(out),
+         "-p", "run_dir", str(tmp_path / "run"), "-p", "n_runs", "0"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "n_runs must be > 0" in proc.stderr
+    assert not (tmp_path / "run" / "01_data").exists()

@@ -1,0 +1,101 @@
+"""Zoo assembly from fake TD3 runs: selection, fresh-seed admission, splits, loading; state dataset."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from nnae_utils import zoo
+from nnae_utils.policies import Network, NetworkSpec, save_network
+from nnae_utils.seeds import eval_seeds
+from nnae_utils.states import collect_states, product_of_marginals
+
+SPEC = NetworkSpec(11, 3, (8, 8))
+
+
+def fake_run(root, run, returns, step=500):
+    d = root / f"seed_{run}"
+    (d / "snapshots").mkdir(parents=True)
+    rows = []
+    for k, r in enumerate(returns):
+        s = (k + 1) * step
+        save_network(d / "snapshots" / f"step_{s:07d}.safetensors", Network.random(SPEC, seed=100 * run + k))
+        rows.append({"step": s, "return_mean": r})
+    pd.DataFrame(rows).to_csv(d / "curve.csv", index=False)
+    return d
+
+
+def test_select_candidates_threshold_min_step_and_spread(tmp_path):
+    d = fake_run(tmp_path, 0, [5, 50, 60, 70, 80, 90, 100])
+    picked = zoo.select_candidates([d], threshold=40, min_step=1000, max_per_run=3)
+    assert [c.step for c in picked] == [1000, 2000, 3500]  # evenly spread over the qualifying six
+    assert all(c.selection_return >= 40 for c in picked)
+    assert picked[0].id == "run00_step0001000"
+
+
+def test_build_zoo_scores_on_fresh_seeds_and_splits_by_run(tmp_path):
+    runs = [fake_run(tmp_path / "runs", r, [1.0, 2.0]) for r in range(4)]
+    cands = zoo.select_candidates(runs, threshold=-1e9)
+    records = zoo.build_zoo(cands, tmp_path / "zoo", threshold=-1e9, episodes=2, provenance={"source": "test"}, progress=False)
+    assert len(records) == 8
+    rec = records[0]
+    assert rec["eval_seeds"] == eval_seeds("zoo_report", 2).tolist()
+    assert set(rec["eval_seeds"]).isdisjoint(rec["provenance"]["admission_seeds"])
+    split = zoo.split_zoo(records, by="run", validation=1, test=1, seed=0)
+    zoo.write_splits(tmp_path / "zoo", split, records)
+    loaded = zoo.load_zoo(tmp_path / "zoo")
+    frame = loaded.frame()
+    assert frame.groupby("run")["split"].nunique().max() == 1  # no run straddles two splits
+    assert sorted(frame.groupby("split")["run"].nunique().to_dict().items()) == [("test", 1), ("train", 2), ("validation", 1)]
+    test_only = zoo.load_zoo(tmp_path / "zoo", split="test")
+    assert len(test_only.networks) == 2 and set(test_only.frame()["split"]) == {"test"}
+
+
+def test_admission_threshold_filters(tmp_path):
+    runs = [fake_run(tmp_path / "runs", 0, [1.0, 2.0])]
+    cands = zoo.select_candidates(runs, threshold=-1e9)
+    assert zoo.build_zoo(cands, tmp_path / "zoo", threshold=1e9, episodes=1, provenance={}, progress=False) == []
+
+
+def test_split_errors_and_network_split():
+    records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(2) for k in range(5)]
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        zoo.split_zoo(records, by="run", validation=1, test=1)
+    with pytest.raises(ValueError, match="too few networks"):
+        zoo.split_zoo(records, by="network", validation=1, test=1)  # 1 of 2 runs each: nothing left to train
+    records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(5) for k in range(2)]
+    s = zoo.split_zoo(records, by="network", validation=1, test=1, seed=1)
+    assert {k: len(v) for k, v in s["splits"].items()} == {"test": 2, "validation": 2, "train": 6}
+    assert sorted(sum(s["splits"].values(), [])) == sorted(r["id"] for r in records)
+
+
+def test_copy_zoo_rejects_a_corrupt_network(tmp_path):
+    runs = [fake_run(tmp_path / "runs", r, [1.0]) for r in range(3)]
+    records = zoo.build_zoo(zoo.select_candidates(runs, threshold=-1e9), tmp_path / "zoo", threshold=-1e9,
+                            episodes=1, provenance={}, progress=False)
+    zoo.write_splits(tmp_path / "zoo", zoo.split_zoo(records, validation=1, test=1), records)
+    victim = tmp_path / "zoo" / f"{records[0]['id']}.safetensors"
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(Exception, match="cannot read network file"):
+        zoo.copy_zoo(tmp_path / "zoo", tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+
+def test_state_dataset_mixes_visited_and_random_states(tmp_path):
+    nets = [Network.random(SPEC, seed=s) for s in range(3)]
+    ds = collect_states(nets, episodes=1, n_states=200, random_fraction=0.25, seed=0, progress=False)
+    assert len(ds) <= 200 and ds.is_random.sum() == 50
+    assert (ds.owner[ds.is_random] == -1).all() and (ds.owner[~ds.is_random] >= 0).all()
+    visited = ds.states[~ds.is_random]
+    for j in range(11):  # every random coordinate is a value that coordinate took in a visited state
+        assert np.isin(ds.states[ds.is_random][:, j], visited[:, j]).all() or len(visited) < 150
+    back = type(ds).load(ds.save(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back.states, ds.states)
+    again = collect_states(nets, episodes=1, n_states=200, random_fraction=0.25, seed=0, progress=False)
+    np.testing.assert_array_equal(again.states, ds.states)
+
+
+def test_product_of_marginals_breaks_correlation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=5000)
+    visited = np.stack([x, x], axis=1)  # perfectly correlated
+    r = product_of_marginals(visited, 5000, rng)
+    assert abs(np.corrcoef(r.T)[0, 1]) < 0.05
