@@ -323,21 +323,3 @@ def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"shipped zoo {source} has no training_curves.csv")
     return pd.read_csv(path)
-
-
-def runtime_versions() -> dict[str, str]:
-    """Versions of the software a result depends on (recorded beside every artifact)."""
-    import platform
-
-    import gymnasium
-    import mujoco
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "mujoco": mujoco.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }

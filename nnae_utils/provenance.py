@@ -1,0 +1,47 @@
+"""What every artifact records about how it was made: software versions, code revision, machine.
+
+Example:
+    >>> sorted(runtime_versions())[:3]
+    ['gymnasium', 'mujoco', 'numpy']
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of the software a result depends on."""
+    import gymnasium
+    import mujoco
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+    }
+
+
+def code_revision() -> str:
+    """The git commit of the package's checkout (with ``+dirty`` for uncommitted changes), if any."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "nnae_utils"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, object]:
+    """The machine a result was measured on (speed figures are meaningless without it)."""
+    return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()}
