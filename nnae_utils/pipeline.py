@@ -184,6 +184,9 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str) -> dic
 def resolve_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]], run_dir: Path) -> dict[str, StageParams]:
     """Every stage's validated parameters (raises ParameterError before anything runs)."""
     resolved = {}
+    run_dir = Path(run_dir)
+    if run_dir.is_absolute() and run_dir.resolve().is_relative_to(PROJECT_ROOT):
+        run_dir = run_dir.resolve().relative_to(PROJECT_ROOT)  # notebooks run in PROJECT_ROOT: keep paths portable
     for stage in STAGES:
         values = {**profile.stages.get(stage.name, {}), **overrides.get(stage.name, {}), "run_dir": str(run_dir)}
         resolved[stage.name] = stage.params.from_mapping(values)
@@ -268,8 +271,23 @@ def assemble_book(run_dir: Path) -> Path:
         executed = run_dir / "executed" / f"{stage.folder}.ipynb"
         if not executed.is_file():
             raise MissingInputError(f"the book needs the executed notebook {executed}; run the stage '{stage.name}' first")
-        shutil.copy2(executed, src / "notebooks" / executed.name)
+        _copy_for_book(executed, src / "notebooks" / executed.name)
     return src
+
+
+def _copy_for_book(executed: Path, destination: Path) -> None:
+    """Copy an executed notebook, folding away its parameter cells: the book shows the injected
+    values this run used behind a toggle, and drops the notebook's defaults."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags:
+            tags.append("remove-cell")
+        elif "injected-parameters" in tags:
+            tags.append("hide-input")
+    nbformat.write(nb, destination)
 
 
 def run_times_table(run_dir: Path) -> str:

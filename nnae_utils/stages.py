@@ -177,6 +177,8 @@ class DataParams(StageParams):
     """'train': train the zoo's TD3 runs now; otherwise a folder holding a shipped zoo (index.json)."""
     n_runs: int = 4
     """Independent TD3 training runs (seeds seed, seed+1, ...)."""
+    training_dir: str = ""
+    """Folder of the TD3 runs (checkpoints, curves, snapshots); empty: the run folder's _work/td3."""
     steps_per_run: int = 60_000
     """Environment steps of each TD3 run."""
     learning_starts: int = 5_000
@@ -246,6 +248,167 @@ class DataParams(StageParams):
 
 
 @dataclass(frozen=True)
+class LayerAEParams(StageParams):
+    """Stage 2: one autoencoder per layer, flat and neuron-token forms, trained with the functional loss."""
+
+    STAGE: typing.ClassVar[str] = "layer_autoencoders"
+
+    main_ratio: float = 10.0
+    """Compression ratio (layer parameters per latent dimension) of the main autoencoders: curves, ablations, and the checkpoints stages 3 and 4 load."""
+    sweep_ratios: list[float] = field(default_factory=lambda: [4.0, 10.0, 32.0, 100.0, 320.0])
+    """Compression ratios of the latent-size sweep (functional loss); each sets one latent size per layer and form."""
+    max_flat_latent: int = 512
+    """Sweep runs of the flat form whose latent would exceed this are skipped (cost; the zoo spans far fewer directions)."""
+    flat_hidden: int = 256
+    """Hidden width of the flat encoder and decoder (raised to the latent size if smaller)."""
+    token_hidden: int = 64
+    """Hidden width of the shared neuron-token encoder and decoder."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    max_epochs: int = 60
+    """Upper bound on epochs per autoencoder (early stopping usually ends training sooner)."""
+    steps_per_epoch: int = 20
+    """Gradient steps between two validations."""
+    patience: int = 10
+    """Epochs without progress on the validation objective before training stops."""
+    min_delta: float = 0.002
+    """Relative improvement of the validation objective that counts as progress."""
+    networks_per_batch: int = 32
+    """Train networks per gradient step (all of them if fewer)."""
+    states_per_batch: int = 64
+    """States per network per gradient step (each network its own draw)."""
+    eval_states: int = 512
+    """Fixed states on which every epoch's train and validation losses are computed."""
+    weight_loss_coef: float = 1.0
+    """Weight of the normalised weight MSE in the both ablation (functional + coef x MSE)."""
+    dagger_every: int = 5
+    """DAgger variant: epochs between two rollouts of decoded train networks."""
+    dagger_networks: int = 4
+    """DAgger variant: decoded train networks rolled out (one episode each) per refresh."""
+    dagger_fraction: float = 0.5
+    """DAgger variant: share of each state batch drawn from states the decoded networks visited."""
+    rollout_max_steps: int = 400
+    """Episode cap of the rollouts of decoded networks (DAgger refreshes and the on-policy check)."""
+    torch_threads: int = 1
+    """Torch threads (1: the machine has 2 cores, shared; more threads on a busy machine run slower)."""
+
+    def validate(self) -> None:
+        self._positive(
+            "sweep_ratios", "max_flat_latent", "flat_hidden", "token_hidden", "lr", "max_epochs", "steps_per_epoch",
+            "patience", "networks_per_batch", "states_per_batch", "eval_states", "dagger_every", "dagger_networks",
+            "rollout_max_steps", "torch_threads",
+        )
+        if self.main_ratio < 1.0 or any(r < 1.0 for r in self.sweep_ratios):
+            raise ParameterError(
+                f"layer_autoencoders: compression ratios must be >= 1, got main_ratio={self.main_ratio}, "
+                f"sweep_ratios={self.sweep_ratios}"
+            )
+        self._fraction("min_delta")
+        self._fraction("dagger_fraction", closed_high=True)
+        if self.weight_loss_coef < 0:
+            raise ParameterError(f"layer_autoencoders: weight_loss_coef must be >= 0, got {self.weight_loss_coef}")
+
+
+@dataclass(frozen=True)
+class LatentEvolutionParams(StageParams):
+    """Stage 4: neuroevolution in the latent space, against weight space and fair controls, at equal env-step budgets."""
+
+    STAGE: typing.ClassVar[str] = "latent_evolution"
+
+    grid: list[str] = field(default_factory=lambda: ["ga/weights", "ga/latent:all", "ga/pca:all", "cma/latent:all"])
+    """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2."""
+    starts: list[str] = field(default_factory=lambda: ["finetune"])
+    """Start conditions: finetune (from the held-out test networks) and/or scratch (random codes, or random weights)."""
+    n_seeds: int = 5
+    """Independent runs of every method, genome and start; replicate r fine-tunes one test network (drawn with the stage seed, cycling)."""
+    budget_steps: int = 300_000
+    """Environment steps per run, counting fitness and elite re-evaluation episodes (reporting episodes are extra)."""
+    pop_size: int = 32
+    """Individuals per generation: the GA population and CMA-ES lambda."""
+    truncation: int = 8
+    """GA truncation selection: parents are drawn uniformly from the top this many."""
+    selection: str = "truncation"
+    """GA parent selection: truncation (Deep GA) or tournament (CERL)."""
+    tournament_size: int = 3
+    """Individuals per tournament when selection is tournament."""
+    crossover_prob: float = 0.0
+    """GA: probability that a child is a crossover of two parents before mutation (Deep GA: 0; CERL uses crossover)."""
+    fitness_episodes: int = 1
+    """Episodes per individual per generation (all individuals play the same reset seeds)."""
+    elite_candidates: int = 3
+    """Best individuals of a generation re-evaluated, with the previous champion, to choose the champion."""
+    elite_episodes: int = 2
+    """Extra episodes per elite candidate, counted in the budget."""
+    report_episodes: int = 5
+    """Fresh episodes (champion_report seeds) that score every champion and the start networks; never used to select."""
+    max_episode_steps: int = 1000
+    """Episode cap (Hopper-v5: 1000)."""
+    mutation_action_change: float = 0.05
+    """Mutation strength of every genome: sigma is set so that one mutation moves the actions by this much (mean L2 over calibration states)."""
+    calibration_states: int = 256
+    """States of the stage-1 dataset on which mutation strengths are calibrated."""
+    ae_form: str = "flat"
+    """Autoencoder form of the latent genomes: flat (the paper) or token."""
+    best_layer: int = -1
+    """Layer of the :best genomes; -1 takes the layer stage 2 compressed best (validation loss relative to the mean layer)."""
+    scratch_levels: list[float] = field(default_factory=lambda: [1000.0, 2000.0])
+    """Returns whose first crossing (env steps) is reported for runs from scratch."""
+    finetune_gain: float = 0.1
+    """Relative gain over the start network whose first crossing (env steps) is reported when fine-tuning."""
+    curve_points: int = 60
+    """Points of the common env-step grid on which curves are aligned and summarised."""
+    n_boot: int = 2000
+    """Bootstrap replicates of every confidence interval."""
+    physics_threads: int = 0
+    """MuJoCo threads of the batched evaluation; 0 uses every core."""
+    torch_threads: int = 1
+    """Torch threads (autoencoder decoding)."""
+
+    def validate(self) -> None:
+        from .evolution import METHODS, SELECTIONS
+        from .genomes import parse_genome_name
+
+        self._positive("n_seeds", "budget_steps", "pop_size", "truncation", "tournament_size", "fitness_episodes",
+                       "elite_candidates", "elite_episodes", "report_episodes", "max_episode_steps",
+                       "mutation_action_change", "calibration_states", "curve_points", "n_boot", "torch_threads",
+                       "scratch_levels", "finetune_gain")
+        if not self.grid:
+            raise ParameterError("latent_evolution: grid must list at least one method/genome")
+        if len(set(self.grid)) != len(self.grid):
+            raise ParameterError(f"latent_evolution: grid lists a run twice: {self.grid}")
+        for entry in self.grid:
+            method, _, genome = entry.partition("/")
+            if method not in METHODS or not genome:
+                raise ParameterError(f"latent_evolution: grid entry {entry!r} must be <method>/<genome>, method one of {METHODS}")
+            try:
+                kind, _ = parse_genome_name(genome)
+            except ValueError as exc:
+                raise ParameterError(f"latent_evolution: grid entry {entry!r}: {exc}") from exc
+            if method == "cma" and kind == "weights":
+                raise ParameterError("latent_evolution: CMA-ES runs only on the small genomes (its covariance has "
+                                     f"dim^2 entries); {entry!r} is not allowed")
+        if not self.starts or any(s not in ("finetune", "scratch") for s in self.starts) or len(set(self.starts)) != len(self.starts):
+            raise ParameterError(f"latent_evolution: starts must be a non-empty list of finetune and/or scratch, got {self.starts}")
+        if self.selection not in SELECTIONS:
+            raise ParameterError(f"latent_evolution: selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.pop_size < 2 or self.truncation > self.pop_size or self.elite_candidates > self.pop_size:
+            raise ParameterError("latent_evolution: need pop_size >= 2 and truncation, elite_candidates <= pop_size")
+        self._fraction("crossover_prob", closed_high=True)
+        if self.ae_form not in ("flat", "token"):
+            raise ParameterError(f"latent_evolution: ae_form must be flat or token, got {self.ae_form!r}")
+        if self.best_layer < -1 or self.physics_threads < 0:
+            raise ParameterError("latent_evolution: best_layer must be >= -1 and physics_threads >= 0")
+        if self.n_seeds > 80:
+            raise ParameterError("latent_evolution: at most 80 seeds (the evolution_fitness seed range holds 80 replicate blocks)")
+        bound = (self.pop_size * self.fitness_episodes + (self.elite_candidates + 1) * self.elite_episodes) * self.max_episode_steps
+        if bound > self.budget_steps:
+            raise ParameterError(
+                f"latent_evolution: budget_steps ({self.budget_steps}) is below the worst case of one generation ({bound}: "
+                "every fitness and elite episode at max_episode_steps); no generation could run"
+            )
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     """Short name used on the command line (``--only data``)."""
@@ -261,6 +424,8 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_data", DataParams),
+    Stage("layer_autoencoders", "02_layer_autoencoders", LayerAEParams, upstream=("data",)),
+    Stage("latent_evolution", "04_latent_evolution", LatentEvolutionParams, upstream=("data", "layer_autoencoders")),
 )
 STAGES_BY_NAME = {s.name: s for s in STAGES}
 

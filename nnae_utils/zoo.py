@@ -76,11 +76,12 @@ def train_runs(configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progre
 
 
 def settings_digest(cfg: Any) -> str:
-    """A short hash of a run's settings other than its seed."""
+    """A short hash of a run's settings other than its seed, its length and its thread count
+    (a run may be extended, or resumed with more threads, and stays the same run)."""
     import dataclasses
     import hashlib
 
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "total_steps", "torch_threads")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,307 @@
+"""Statistics for comparing optimisers over a handful of seeds.
+
+Following Agarwal et al. (NeurIPS 2021, "Deep RL at the edge of the statistical precipice", the
+method behind the ``rliable`` library), a method's result is summarised by its **interquartile mean**
+(IQM: the mean of the middle 50% of runs, robust to one lucky or unlucky seed) or its mean, each
+with a **95% stratified-bootstrap confidence interval**, and two methods are compared by the
+**probability of improvement** P(X > Y).
+
+The bootstrap is implemented here, in numpy, rather than taken from ``rliable`` (archived in 2025):
+
+- scores come as a matrix ``(n_runs, n_tasks)`` (a vector is one task);
+- one bootstrap replicate resamples, *independently within every task*, ``n_runs`` runs with
+  replacement (the stratification: every replicate keeps every task, in its proportion);
+- the statistic is computed on the resampled matrix, and the interval is the percentile interval
+  of ``n_boot`` replicates, as ``rliable``'s default.
+
+This suite has one task (Hopper-v5), so within one start condition the stratified bootstrap is the
+plain percentile bootstrap over seeds; the task axis is kept so that the functions stay correct
+when scores of several tasks (or start networks with several runs each) are pooled.
+
+Sample-efficiency curves are step functions of the environment steps a run has spent (the champion
+known after ``s`` steps); :func:`align_curves` puts runs that record at different steps on one grid.
+
+Example:
+    >>> iqm([1, 2, 3, 4, 5, 6, 7, 8])        # mean of 3, 4, 5, 6
+    4.5
+    >>> ci = interval([1.0, 2.0, 3.0, 4.0, 5.0], "mean", n_boot=1000, seed=0)
+    >>> ci.point, ci.low <= ci.point <= ci.high
+    (3.0, True)
+    >>> probability_of_improvement([3, 4], [1, 2])
+    1.0
+    >>> steps_to_threshold([10, 20, 30], [5.0, 12.0, 9.0], 10.0)
+    20.0
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+Statistic = Callable[..., np.ndarray]
+
+
+# --------------------------------------------------------------------------- point statistics
+
+
+def iqm(scores, axis=None):
+    """Interquartile mean: the mean after cutting 25% of the scores off each end (scipy's trim_mean).
+
+    With ``axis=None`` all scores are pooled (runs and tasks), as rliable's aggregate IQM does.
+    scipy cuts ``int(0.25 * n)`` scores from each end: of 5 seeds, the best and the worst.
+    """
+    out = scipy.stats.trim_mean(np.asarray(scores, float), 0.25, axis=axis)
+    return float(out) if axis is None else out
+
+
+def mean(scores, axis=None):
+    """The plain mean (pooled over runs and tasks when ``axis`` is None)."""
+    out = np.mean(np.asarray(scores, float), axis=axis)
+    return float(out) if axis is None else out
+
+
+STATISTICS: dict[str, Statistic] = {"iqm": iqm, "mean": mean, "median": lambda s, axis=None: np.median(s, axis=axis)}
+
+
+def _statistic(statistic: str | Statistic) -> Statistic:
+    if callable(statistic):
+        return statistic
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(STATISTICS)} or a callable, got {statistic!r}")
+    return STATISTICS[statistic]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap confidence interval."""
+
+    point: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """Whether ``value`` lies outside the interval (e.g. a difference whose CI excludes zero)."""
+        return bool(value < self.low or value > self.high)
+
+    def format(self, fmt: str = ".0f") -> str:
+        """``'123 [100, 140]'``."""
+        return f"{self.point:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
+
+
+def _as_matrix(scores) -> np.ndarray:
+    x = np.asarray(scores, float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"scores must be (n_runs,) or (n_runs, n_tasks) with n_runs >= 1, got shape {np.shape(scores)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("scores must be finite")
+    return x
+
+
+def stratified_resample_indices(n_runs: int, n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_runs, n_tasks) run indices: each task's runs resampled with replacement, independently."""
+    return rng.integers(0, n_runs, size=(n_boot, n_runs, n_tasks))
+
+
+def _resample(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """x (n_runs, n_tasks) resampled by idx (n_boot, n_runs, n_tasks) -> (n_boot, n_runs * n_tasks)."""
+    tasks = np.arange(x.shape[1])[None, None, :]
+    return x[idx, tasks].reshape(len(idx), -1)
+
+
+def _percentile_interval(point: float, replicates: np.ndarray, confidence: float) -> Interval:
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
+    return Interval(float(point), float(low), float(high), confidence)
+
+
+def interval(scores, statistic: str | Statistic = "iqm", *, n_boot: int = 2000, confidence: float = 0.95,
+             seed: int = 0) -> Interval:
+    """``statistic`` of ``scores`` and its stratified-bootstrap percentile interval.
+
+    Args:
+        scores: (n_runs,) or (n_runs, n_tasks).
+        statistic: "iqm", "mean", "median" or a callable ``f(array, axis=...)``.
+        n_boot: bootstrap replicates.
+        confidence: e.g. 0.95.
+        seed: seed of the resampling (the interval is a pure function of its inputs).
+
+    Example:
+        >>> interval([[0.0, 10.0], [0.0, 10.0]], "mean", n_boot=50)   # stratified: each task keeps its weight
+        Interval(point=5.0, low=5.0, high=5.0, confidence=0.95)
+    """
+    stat = _statistic(statistic)
+    x = _as_matrix(scores)
+    rng = np.random.default_rng(seed)
+    idx = stratified_resample_indices(x.shape[0], x.shape[1], n_boot, rng)
+    replicates = stat(_resample(x, idx), axis=1)
+    return _percentile_interval(float(stat(x.ravel())), replicates, confidence)
+
+
+def difference_interval(x, y, statistic: str | Statistic = "iqm", *, paired: bool = True, n_boot: int = 2000,
+                        confidence: float = 0.95, seed: int = 0) -> Interval:
+    """``statistic(x) - statistic(y)`` with a stratified-bootstrap interval.
+
+    ``paired=True``: run ``i`` of ``x`` and run ``i`` of ``y`` share something (here: the replicate
+    index, hence the start network and the fitness reset seeds), so the same run indices are drawn
+    for both. ``paired=False`` resamples them independently.
+
+    Example:
+        >>> difference_interval([4.0, 5.0, 9.0], [1.0, 2.0, 6.0], "mean", n_boot=100).format(".1f")
+        '3.0 [3.0, 3.0]'
+    """
+    stat = _statistic(statistic)
+    a, b = _as_matrix(x), _as_matrix(y)
+    if paired and a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError("x and y must have the same number of tasks")
+    rng = np.random.default_rng(seed)
+    ia = stratified_resample_indices(a.shape[0], a.shape[1], n_boot, rng)
+    ib = ia if paired else stratified_resample_indices(b.shape[0], b.shape[1], n_boot, rng)
+    replicates = stat(_resample(a, ia), axis=1) - stat(_resample(b, ib), axis=1)
+    point = float(stat(a.ravel()) - stat(b.ravel()))
+    return _percentile_interval(point, replicates, confidence)
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y) + P(X = Y) / 2 for a random run X of one method and Y of another, averaged over tasks.
+
+    This is the Mann-Whitney U statistic of ``x`` against ``y`` divided by ``len(x) * len(y)``
+    (rliable's definition, per task).
+    """
+    a, b = _as_matrix(x), _as_matrix(y)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError("x and y must have the same number of tasks")
+    per_task = []
+    for t in range(a.shape[1]):
+        diff = a[:, t][:, None] - b[:, t][None, :]
+        per_task.append(float(np.mean((diff > 0) + 0.5 * (diff == 0))))
+    return float(np.mean(per_task))
+
+
+def probability_of_improvement_interval(x, y, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """P(X > Y) with a stratified-bootstrap interval (x and y resampled independently, as rliable does)."""
+    a, b = _as_matrix(x), _as_matrix(y)
+    rng = np.random.default_rng(seed)
+    ia = stratified_resample_indices(a.shape[0], a.shape[1], n_boot, rng)
+    ib = stratified_resample_indices(b.shape[0], b.shape[1], n_boot, rng)
+    tasks = np.arange(a.shape[1])[None, None, :]
+    ra, rb = a[ia, tasks], b[ib, tasks]  # (n_boot, n_runs, n_tasks)
+    diff = ra[:, :, None, :] - rb[:, None, :, :]
+    replicates = np.mean((diff > 0) + 0.5 * (diff == 0), axis=(1, 2)).mean(axis=1)
+    return _percentile_interval(probability_of_improvement(a, b), replicates, confidence)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def align_curves(steps: Sequence[Sequence[float]], values: Sequence[Sequence[float]], grid) -> np.ndarray:
+    """Runs' curves on a common step grid: (n_runs, len(grid)).
+
+    Run ``i`` recorded ``values[i][j]`` after ``steps[i][j]`` environment steps (increasing). Its
+    value at a grid point ``s`` is the last value recorded at a step <= s (the champion known
+    then), NaN before its first record. After its last record the value is carried to the end of
+    the grid: a run that stopped early keeps its final champion and spends nothing more.
+
+    Example:
+        >>> align_curves([[10, 30]], [[1.0, 2.0]], [0, 10, 20, 30, 40])
+        array([[nan,  1.,  1.,  2.,  2.]])
+    """
+    grid = np.asarray(grid, float)
+    out = np.full((len(steps), len(grid)), np.nan)
+    for i, (s, v) in enumerate(zip(steps, values)):
+        s, v = np.asarray(s, float), np.asarray(v, float)
+        if len(s) != len(v):
+            raise ValueError(f"run {i}: {len(s)} steps but {len(v)} values")
+        if len(s) == 0:
+            continue
+        if np.any(np.diff(s) < 0):
+            raise ValueError(f"run {i}: steps must be non-decreasing")
+        pos = np.searchsorted(s, grid, side="right") - 1  # last record at or before each grid point
+        ok = pos >= 0
+        out[i, ok] = v[pos[ok]]
+    return out
+
+
+def curve_intervals(aligned: np.ndarray, grid, statistic: str | Statistic = "iqm", *, n_boot: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Point estimate and bootstrap interval at every grid point (NaN where any run has no value yet).
+
+    Returns a frame with columns ``steps, point, low, high``.
+    """
+    stat = _statistic(statistic)
+    aligned = np.asarray(aligned, float)
+    grid = np.asarray(grid, float)
+    rows = []
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, aligned.shape[0], size=(n_boot, aligned.shape[0]))  # one draw of runs for every column
+    alpha = (1.0 - confidence) / 2.0
+    for j, s in enumerate(grid):
+        col = aligned[:, j]
+        if np.isnan(col).any():
+            rows.append((s, np.nan, np.nan, np.nan))
+            continue
+        reps = stat(col[idx], axis=1)
+        low, high = np.percentile(reps, [100 * alpha, 100 * (1 - alpha)])
+        rows.append((s, float(stat(col)), float(low), float(high)))
+    return pd.DataFrame(rows, columns=["steps", "point", "low", "high"])
+
+
+def steps_to_threshold(steps: Sequence[float], values: Sequence[float], threshold: float) -> float:
+    """Environment steps at the first record whose value reaches ``threshold``; ``inf`` if none does."""
+    s, v = np.asarray(steps, float), np.asarray(values, float)
+    hit = np.flatnonzero(v >= threshold)
+    return float(s[hit[0]]) if len(hit) else float("inf")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How a method's runs reached a threshold: median steps (inf: at most half reached it) and how many did."""
+
+    median_steps: float
+    reached: int
+    runs: int
+
+    def format(self) -> str:
+        """``'120k (4/5 runs)'`` or ``'not reached (1/5 runs)'``."""
+        head = format_steps(self.median_steps) if np.isfinite(self.median_steps) else "not reached"
+        return f"{head} ({self.reached}/{self.runs} runs)"
+
+
+def summarize_reach(per_run_steps: Sequence[float]) -> Reach:
+    """Median over runs of the steps to a threshold, runs that never reached it counting as infinite.
+
+    Example:
+        >>> summarize_reach([100_000.0, float("inf"), 300_000.0]).format()
+        '300k (2/3 runs)'
+        >>> summarize_reach([float("inf"), float("inf"), 300.0]).format()
+        'not reached (1/3 runs)'
+    """
+    x = np.asarray(per_run_steps, float)
+    if len(x) == 0:
+        return Reach(float("inf"), 0, 0)
+    srt = np.sort(x)
+    n = len(srt)
+    # the median with infinities: the middle value (the lower middle's and upper middle's mean if even)
+    med = srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2
+    return Reach(float(med), int(np.isfinite(x).sum()), n)
+
+
+def format_steps(steps: float) -> str:
+    """Environment steps for a table: ``'950'``, ``'120k'``, ``'1.25M'``; ``'not reached'`` for inf."""
+    if not np.isfinite(steps):
+        return "not reached"
+    if steps < 10_000:
+        return f"{steps:.0f}"
+    if steps < 1_000_000:
+        return f"{steps / 1e3:.0f}k"
+    return f"{steps / 1e6:.2f}M"

@@ -1,0 +1,375 @@
+"""Layer autoencoders: shapes, the batched functional loss, PCA, training, checkpoints, the loader API.
+
+Every test builds a synthetic zoo (``Network.random`` plus per-snapshot perturbations), so none
+needs stage 1's artifacts.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnae_utils import autoencoders as ae
+from nnae_utils.policies import Network, NetworkFormatError, NetworkSpec, load_network, save_network
+from nnae_utils.stages import LayerAEParams, MissingInputError, ParameterError
+
+SPEC = NetworkSpec(obs_dim=11, act_dim=3, hidden=(16, 12))
+SPECS = [
+    SPEC,
+    NetworkSpec(11, 3, (8, 8), activation="elu", layer_norm="after", obs_norm=True),
+    NetworkSpec(11, 3, (8,), activation="tanh", layer_norm="before"),
+]
+
+
+def synthetic_zoo(spec=SPEC, runs=3, per_run=4, drift=0.05, seed=0):
+    """``runs`` random base networks, each with ``per_run`` perturbed snapshots: a zoo in miniature."""
+    rng = np.random.default_rng(seed)
+    zoo = []
+    for r in range(runs):
+        base = Network.random(spec, seed=1000 * seed + r).flat()
+        for _ in range(per_run):
+            flat = base + drift * rng.normal(size=base.shape).astype(np.float32)
+            if spec.obs_norm:  # keep obs_std positive
+                net = Network.from_flat(spec, flat)
+                net.params["obs_std"] = np.abs(net.params["obs_std"]) + 0.5
+                zoo.append(net)
+            else:
+                zoo.append(Network.from_flat(spec, flat))
+    return zoo
+
+
+def states(n=128, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 11)).astype(np.float32)
+
+
+def tiny_config(**kw):
+    base = dict(layer=1, form="flat", latent=4, hidden=32, max_epochs=3, steps_per_epoch=3, networks_per_batch=8,
+                states_per_batch=16)
+    return ae.LayerAEConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return synthetic_zoo()
+
+
+@pytest.fixture(scope="module")
+def data(zoo):
+    """Train on three snapshots of every run, validate on the fourth (a held-out *run* would arrive in a
+    hidden-unit order the flat form has never seen: see the stage notebook)."""
+    pool = states(512)
+    train = [n for i, n in enumerate(zoo) if i % 4 != 3]
+    val = [n for i, n in enumerate(zoo) if i % 4 == 3]
+    return ae.LayerData.build(train, pool, 128, 0), ae.LayerData.build(val, pool, 128, 1)
+
+
+# --------------------------------------------------------------------------- shapes and round trips
+
+
+@pytest.mark.parametrize("form", ae.FORMS)
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_shapes_and_latent_sizes(zoo, form, layer):
+    cfg = tiny_config(layer=layer, form=form, latent=3)
+    model = ae.LayerAutoencoder.create(cfg, SPEC, ae.StackedNetworks.from_networks(zoo))
+    out, inp = ae.layer_shape(SPEC, layer)
+    expected_dim = 3 * out if form == "token" else 3
+    assert model.latent_dim == expected_dim
+    assert model.compression_ratio == pytest.approx(out * (inp + 1) / expected_dim)
+    z_one, z_many = model.encode(zoo[0]), model.encode(zoo[:5])
+    assert z_one.shape == (expected_dim,) and z_many.shape == (5, expected_dim) and z_many.dtype == np.float32
+    np.testing.assert_allclose(z_many[0], z_one, rtol=1e-5, atol=1e-6)
+    # the same codes from (W, b) pairs and from layer vectors
+    w, b = zoo[0].layer(layer)
+    np.testing.assert_allclose(model.encode((w, b)), z_one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.encode(ae.layer_vectors(zoo[:5], layer)), z_many, rtol=1e-5, atol=1e-6)
+    w_hat, b_hat = model.decode(z_one)
+    assert w_hat.shape == (out, inp) and b_hat.shape == (out,)
+    w_many, b_many = model.decode(z_many)
+    assert w_many.shape == (5, out, inp) and b_many.shape == (5, out)
+    np.testing.assert_allclose(w_many[0], w_hat, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_vector_round_trip(zoo):
+    for layer in range(SPEC.n_layers):
+        vec = ae.layer_vector(zoo[0], layer)
+        w, b = ae.split_layer_vector(vec, *ae.layer_shape(SPEC, layer))
+        np.testing.assert_array_equal(w, zoo[0].layer(layer)[0])
+        np.testing.assert_array_equal(b, zoo[0].layer(layer)[1])
+    vecs = ae.layer_vectors(zoo[:3], 1)
+    np.testing.assert_array_equal(ae.tokens_to_vecs(ae.vecs_to_tokens(vecs, 12, 16), 12, 16), vecs)
+
+
+def test_token_form_is_equivariant_to_the_order_of_output_neurons(zoo):
+    model = ae.LayerAutoencoder.create(tiny_config(form="token", latent=2), SPEC, ae.StackedNetworks.from_networks(zoo))
+    w, b = zoo[0].layer(1)
+    perm = np.random.default_rng(0).permutation(len(b))
+    z, z_perm = model.encode((w, b)).reshape(len(b), 2), model.encode((w[perm], b[perm])).reshape(len(b), 2)
+    np.testing.assert_allclose(z_perm, z[perm], rtol=1e-5, atol=1e-6)
+
+
+def test_ratio_to_latent_and_the_token_forms_cap():
+    spec = NetworkSpec(11, 3, (64, 64))
+    assert ae.latent_for_ratio(spec, 1, "flat", 10) == (416, 10.0)
+    k, achieved = ae.latent_for_ratio(spec, 0, "token", 32)
+    assert (k, achieved) == (1, 12.0)  # 11 inputs + 1 bias per token: 12x at most on the first layer
+    runs, skipped = ae.plan_experiments(spec, main_ratio=10, sweep_ratios=[4, 10, 32], max_flat_latent=512,
+                                        flat_hidden=64, token_hidden=16)
+    names = [r.config.name for r in runs]
+    assert len(names) == len(set(names))  # coinciding runs are trained once
+    token0 = next(r for r in runs if r.config.name == "layer0_token_functional_k1")
+    assert {"main", "sweep", "ablation"} <= token0.roles and not token0.reachable
+    assert skipped == [{"layer": 1, "form": "flat", "ratio": 4, "latent": 1040}]
+    assert sum("main" in r.roles for r in runs) == 6 and sum("ablation" in r.roles for r in runs) == 24
+
+
+# --------------------------------------------------------------------------- the functional loss
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["relu", "elu-ln-after-obsnorm", "tanh-ln-before"])
+def test_batched_functional_loss_equals_the_per_network_reference(spec):
+    nets = synthetic_zoo(spec, runs=2, per_run=3)
+    stack = ae.StackedNetworks.from_networks(nets)
+    rng = np.random.default_rng(1)
+    for layer in range(spec.n_layers):
+        w, b = stack.layer(layer)
+        w_hat = w + 0.1 * torch.from_numpy(rng.normal(size=w.shape).astype(np.float32))
+        b_hat = b + 0.1 * torch.from_numpy(rng.normal(size=b.shape).astype(np.float32))
+        per_net_states = states(len(nets) * 20, seed=layer).reshape(len(nets), 20, 11)
+        batched = ae.functional_loss(stack, layer, w_hat, b_hat, per_net_states, reduce=False).numpy()
+        reference = [ae.functional_loss_reference(n, layer, w_hat[p].numpy(), b_hat[p].numpy(), per_net_states[p])
+                     for p, n in enumerate(nets)]
+        np.testing.assert_allclose(batched, reference, rtol=1e-4, atol=1e-6)
+        shared = ae.functional_loss(stack, layer, w_hat, b_hat, per_net_states[0])  # (B, obs) shared by all
+        ref_shared = np.mean([ae.functional_loss_reference(n, layer, w_hat[p].numpy(), b_hat[p].numpy(), per_net_states[0])
+                              for p, n in enumerate(nets)])
+        assert float(shared) == pytest.approx(ref_shared, rel=1e-4)
+
+
+def test_stacked_actions_match_network_act():
+    nets = synthetic_zoo(SPECS[1], runs=1, per_run=3)
+    x = states(10)
+    acts = ae.stacked_actions(ae.StackedNetworks.from_networks(nets), x).numpy()
+    for p, n in enumerate(nets):
+        np.testing.assert_allclose(acts[p], n.act(x), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_zero_with_a_finite_gradient_when_the_decoded_layer_is_the_input(zoo):
+    stack = ae.StackedNetworks.from_networks(zoo[:4])
+    for layer in range(SPEC.n_layers):
+        w, b = (t.clone().requires_grad_(True) for t in stack.layer(layer))
+        loss = ae.functional_loss(stack, layer, w, b, states(32))
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.isfinite(w.grad).all() and torch.isfinite(b.grad).all()
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+@pytest.mark.parametrize("form", ae.FORMS)
+def test_pca_with_full_rank_reconstructs_exactly(zoo, form):
+    train = zoo[:6]
+    layer = 1
+    full = ae.PCALayerCode.fit(train, layer, form, k=1)
+    full = full.with_k(full.rank)
+    w, b = full.decode(full.encode(train))
+    np.testing.assert_allclose(w, np.stack([n.layer(layer)[0] for n in train]), atol=1e-5)
+    np.testing.assert_allclose(b, np.stack([n.layer(layer)[1] for n in train]), atol=1e-5)
+    if form == "token":  # 6 networks x 12 tokens span the whole 17-d token space: any network is exact
+        w, b = full.decode(full.encode(zoo[-1]))
+        np.testing.assert_allclose(w, zoo[-1].layer(layer)[0], atol=1e-5)
+    # fewer components lose information, and the explained variance says how much is kept
+    small = full.with_k(1)
+    assert small.explained_variance() < 1.0 and full.explained_variance() == pytest.approx(1.0)
+    assert small.latent_dim == (12 if form == "token" else 1)
+
+
+def test_pca_beyond_its_rank_pads_with_empty_directions(zoo):
+    pca = ae.PCALayerCode.fit(zoo[:3], 0, "flat", k=10)
+    assert pca.rank == 3 and pca.encode(zoo[0]).shape == (10,)
+    assert np.allclose(pca.encode(zoo[0])[3:], 0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("form", ae.FORMS)
+def test_training_reduces_validation_loss_and_stops_early(data, form):
+    train, val = data
+    cfg = tiny_config(form=form, latent=4 if form == "flat" else 3, lr=3e-3, max_epochs=200, steps_per_epoch=4,
+                      patience=2, min_delta=0.05)
+    untrained = ae.evaluate_code(ae.LayerAutoencoder.create(cfg, SPEC, train.stack), val, 1.0)["functional"]
+    res = ae.train_layer_autoencoder(cfg, train, val)
+    assert res.best["val_functional"] < 0.8 * untrained
+    assert res.stopped_early and res.epochs_run < cfg.max_epochs
+    assert res.best_epoch == res.epochs_run - cfg.patience
+    # the returned model is the best epoch's, not the last one's
+    assert ae.evaluate_code(res.model, val, 1.0)["functional"] == pytest.approx(res.best["val_functional"], rel=1e-5)
+    assert {"train_functional", "val_functional", "val_weight_mse", "train_objective"} <= set(res.history[0])
+
+
+def test_training_is_seeded(data):
+    train, val = data
+    a = ae.train_layer_autoencoder(tiny_config(max_epochs=2), train, val)
+    b = ae.train_layer_autoencoder(tiny_config(max_epochs=2), train, val)
+    assert [h["val_functional"] for h in a.history] == [h["val_functional"] for h in b.history]
+
+
+@pytest.mark.parametrize("loss", ["weights", "both"])
+def test_weight_losses_train(data, loss):
+    train, val = data
+    res = ae.train_layer_autoencoder(tiny_config(loss=loss, max_epochs=2), train, val)
+    assert res.epochs_run == 2 and np.isfinite(res.best["val_objective"])
+
+
+def test_dagger_variant_rolls_out_decoded_networks(data):
+    train, val = data
+    cfg = tiny_config(loss="dagger", max_epochs=2, dagger_every=1, dagger_networks=2, dagger_max_steps=8)
+    res = ae.train_layer_autoencoder(cfg, train, val)
+    assert 0 < res.dagger_states <= 2 * 2 * 8
+    per_net = ae.onpolicy_functional_loss(res.model, val.networks[:2], max_steps=8, states_per_network=16)
+    assert per_net.shape == (2,) and np.all(per_net >= 0)
+
+
+def test_split_states_keeps_held_out_networks_states_apart():
+    s = np.arange(20, dtype=np.float32)[:, None].repeat(11, 1)
+    owner = np.array([0] * 5 + [1] * 5 + [2] * 5 + [-1] * 5)
+    is_random = owner < 0
+    out = ae.split_states(s, is_random, owner, ["train", "validation", "test"], seed=0)
+    assert set(out["train"][:, 0]) >= set(range(5)) and not set(out["train"][:, 0]) & set(range(5, 15))
+    assert set(out["validation"][:, 0]) >= set(range(5, 10)) and len(out["train"]) + len(out["validation"]) == 15
+
+
+# --------------------------------------------------------------------------- checkpoints and the loader API
+
+
+@pytest.mark.parametrize("form", ae.FORMS)
+def test_checkpoint_round_trip(tmp_path, data, zoo, form):
+    train, val = data
+    res = ae.train_layer_autoencoder(tiny_config(form=form, max_epochs=1, latent=2), train, val)
+    path = ae.save_layer_autoencoder(tmp_path / "ae.safetensors", res.model, info={"val_functional": 0.5})
+    back = ae.load_layer_autoencoder(path)
+    assert back.config == res.model.config and back.spec == SPEC and not back.training
+    np.testing.assert_array_equal(back.encode(zoo), res.model.encode(zoo))
+    z = res.model.encode(zoo[0])
+    for a, b in zip(back.decode(z), res.model.decode(z)):
+        np.testing.assert_array_equal(a, b)
+    info = ae.checkpoint_info(path)
+    assert info["info"] == {"val_functional": 0.5} and info["config"]["form"] == form
+
+
+def test_pca_checkpoint_round_trip(tmp_path, zoo):
+    pca = ae.PCALayerCode.fit(zoo[:6], 2, "flat", k=3)
+    back = ae.load_pca(ae.save_pca(tmp_path / "p.safetensors", pca))
+    np.testing.assert_array_equal(back.encode(zoo), pca.encode(zoo))
+    assert ae.load_pca(tmp_path / "p.safetensors", k=5).latent_dim == 5
+
+
+def test_decoded_networks_are_valid_network_files(tmp_path, data, zoo):
+    train, val = data
+    codes = {}
+    for layer in range(SPEC.n_layers):
+        model = ae.train_layer_autoencoder(tiny_config(layer=layer, max_epochs=1), train, val).model
+        ae.save_layer_autoencoder(tmp_path / "stage" / "autoencoders" / f"layer{layer}_flat.safetensors", model)
+    codes = ae.load_layer_codes(tmp_path / "stage", "flat")
+    assert sorted(codes) == [0, 1, 2]
+    one = ae.decode_network(zoo[0], codes[1])  # one layer replaced
+    np.testing.assert_array_equal(one.layer(0)[0], zoo[0].layer(0)[0])
+    assert not np.array_equal(one.layer(1)[0], zoo[0].layer(1)[0])
+    every = ae.decode_network(zoo[0], codes)  # every layer replaced
+    assert json.loads(every.extra_metadata["decoded_layers"]) == [0, 1, 2]
+    back = load_network(save_network(tmp_path / "decoded.safetensors", every))
+    np.testing.assert_array_equal(back.flat(), every.flat())
+    # a latent genome plus a base network: what stage 4 will evolve
+    z = codes[2].encode(zoo[3]) + 0.1
+    net = ae.network_from_latents(zoo[3], codes, {2: z})
+    np.testing.assert_allclose(net.layer(2)[0], codes[2].decode(z)[0])
+    # PCA codes work through the same helpers
+    pca = ae.PCALayerCode.fit(zoo[:8], 1, "token", k=2)
+    assert ae.decode_network(zoo[0], pca).spec == SPEC
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_error_cases(tmp_path, zoo, data):
+    train, val = data
+    with pytest.raises(ValueError, match="form must be one of"):
+        tiny_config(form="graph")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        tiny_config(loss="vibes")
+    with pytest.raises(ValueError, match="latent must be > 0"):
+        tiny_config(latent=0)
+    with pytest.raises(ValueError, match="layer must lie in"):
+        ae.latent_for_ratio(SPEC, 5, "flat", 10)
+    with pytest.raises(ValueError, match="compression ratio is >= 1"):
+        ae.latent_for_ratio(SPEC, 0, "flat", 0.5)
+    with pytest.raises(ValueError, match="does not exist"):
+        ae.train_layer_autoencoder(tiny_config(layer=3), train, val)
+    model = ae.LayerAutoencoder.create(tiny_config(), SPEC, train.stack)
+    with pytest.raises(ValueError, match="latent codes of this autoencoder have 4"):
+        model.decode(np.zeros(5))
+    with pytest.raises(ValueError, match="numbers"):
+        model.encode(np.zeros(7))
+    with pytest.raises(ValueError, match="differs"):
+        model.encode([Network.random(NetworkSpec(11, 3, (8, 8)))])
+    with pytest.raises(ValueError, match="states must be"):
+        ae.functional_loss(train.stack, 0, *train.stack.layer(0), np.zeros((3, 2, 11), np.float32))
+    with pytest.raises(ValueError, match="no code given for layer"):
+        ae.decode_network(zoo[0], model, layers=[0])
+    with pytest.raises(ValueError, match="without networks"):
+        ae.LayerData.build([], states(4), 2, 0)
+    # files: missing, corrupt, of another kind
+    with pytest.raises(ae.AutoencoderFormatError, match="not found"):
+        ae.load_layer_autoencoder(tmp_path / "none.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ae.AutoencoderFormatError, match="cannot read"):
+        ae.load_layer_autoencoder(tmp_path / "bad.safetensors")
+    net_path = save_network(tmp_path / "net.safetensors", zoo[0])
+    with pytest.raises(ae.AutoencoderFormatError, match="not a nnae-layer-autoencoder"):
+        ae.load_layer_autoencoder(net_path)
+    with pytest.raises(ae.AutoencoderFormatError, match="no autoencoder checkpoints"):
+        ae.load_layer_codes(tmp_path, "flat")
+    with pytest.raises(NetworkFormatError):  # a decoded layer must still fit the network it replaces
+        zoo[0].with_layer(1, np.zeros((3, 3)), np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"main_ratio": 0.5}, "compression ratios must be >= 1"),
+        ({"sweep_ratios": [10.0, 0.2]}, "compression ratios must be >= 1"),
+        ({"sweep_ratios": []}, "sweep_ratios must be > 0"),
+        ({"max_epochs": 0}, "max_epochs must be > 0"),
+        ({"dagger_fraction": 1.5}, "dagger_fraction must lie in"),
+        ({"min_delta": 1.0}, "min_delta must lie in"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"weight_loss_coef": -1.0}, "weight_loss_coef must be >= 0"),
+        ({"flat_hidden": "wide"}, "flat_hidden must be an integer"),
+    ],
+)
+def test_bad_stage_parameters_are_rejected(values, message):
+    with pytest.raises(ParameterError, match=message):
+        LayerAEParams.from_mapping(values)
+
+
+def test_missing_data_stage_is_a_missing_input_naming_it(tmp_path):
+    with pytest.raises(MissingInputError, match="stage 'data'"):
+        LayerAEParams(run_dir=str(tmp_path)).upstream_dir("data")
+
+
+# --------------------------------------------------------------------------- hidden-unit alignment
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["relu", "elu-ln-after-obsnorm", "tanh-ln-before"])
+def test_alignment_keeps_the_function_and_undoes_a_permutation(spec):
+    ref, other = synthetic_zoo(spec, runs=2, per_run=1)
+    rng = np.random.default_rng(3)
+    shuffled = ae.permute_hidden_units(ref, [rng.permutation(h) for h in spec.hidden])
+    x = states(16)
+    np.testing.assert_allclose(shuffled.act(x), ref.act(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ae.align_hidden_units(shuffled, ref).flat(), ref.flat())
+    aligned = ae.align_hidden_units(other, ref)  # another network: reordered, same actions
+    np.testing.assert_allclose(aligned.act(x), other.act(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not a permutation"):
+        ae.permute_hidden_units(ref, [np.zeros(h, int) for h in spec.hidden])

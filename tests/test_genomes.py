@@ -1,0 +1,189 @@
+"""Genome encodings: round trips, centring on the zoo's mean network, controls of the same size, calibration.
+
+A synthetic zoo and a synthetic stage-2 folder (untrained autoencoders, a fitted PCA) stand in for
+stages 1 and 2, so these tests need no artifacts.
+"""
+import json
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+
+from nnae_utils import autoencoders as ae
+from nnae_utils import genomes as gen
+from nnae_utils.policies import Network, NetworkSpec
+
+SPEC = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 6))
+LATENTS = {0: 9, 1: 5, 2: 3}
+torch.set_num_threads(1)  # as the stage runs: tiny decoders are slower with more threads on a shared machine
+
+
+def synthetic_zoo(spec=SPEC, runs=3, per_run=3, drift=0.05, seed=0):
+    """``runs`` random networks, each with ``per_run`` perturbed snapshots."""
+    rng = np.random.default_rng(seed)
+    zoo = []
+    for r in range(runs):
+        base = Network.random(spec, seed=100 + r).flat()
+        zoo += [Network.from_flat(spec, base + drift * rng.normal(size=base.shape)) for _ in range(per_run)]
+    return zoo
+
+
+def make_stage2(folder, train, latents=LATENTS, form="flat"):
+    """A stage-2 folder as the stage writes it: autoencoders/ and pca/ checkpoints, one per layer."""
+    stack = ae.StackedNetworks.from_networks(train)
+    spec = train[0].spec
+    for layer, k in latents.items():
+        cfg = ae.LayerAEConfig(layer=layer, form=form, latent=k, hidden=16)
+        ae.save_layer_autoencoder(folder / "autoencoders" / f"layer{layer}_{form}.safetensors", ae.LayerAutoencoder.create(cfg, spec, stack))
+        ae.save_pca(folder / "pca" / f"layer{layer}_{form}.safetensors", ae.PCALayerCode.fit(train, layer, form, k))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    nets = synthetic_zoo()
+    return {"train": nets[:6], "test": nets[6:]}
+
+
+@pytest.fixture(scope="module")
+def stage2(zoo, tmp_path_factory):
+    return make_stage2(tmp_path_factory.mktemp("stage2"), zoo["train"])
+
+
+def build(name, zoo, stage2, **kw):
+    return gen.build_genome(name, train=zoo["train"], stage2_dir=stage2, best_layer=1, **kw)
+
+
+def test_names_parse_and_bad_names_fail():
+    assert gen.parse_genome_name("weights") == ("weights", "all")
+    assert gen.parse_genome_name("latent") == ("latent", "all")
+    assert gen.parse_genome_name("pca:0+2") == ("pca", "0+2")
+    for bad in ("weights:1", "autoencoder:all", "dct:first", "latent:1+x"):
+        with pytest.raises(ValueError):
+            gen.parse_genome_name(bad)
+    assert gen.resolve_layers("0+2", 3, None) == (0, 2)
+    with pytest.raises(ValueError):
+        gen.resolve_layers("best", 3, None)
+    with pytest.raises(ValueError):
+        gen.resolve_layers("3", 3, None)
+
+
+@pytest.mark.parametrize("kind", ["pca", "random", "dct"])
+def test_subspaces_are_centred_on_the_zoo_mean_and_round_trip(kind, zoo, stage2):
+    g = build(f"{kind}:all", zoo, stage2)
+    mean = gen.mean_network(zoo["train"])
+    assert g.dim == sum(LATENTS.values())  # the same size as the autoencoders' latent, layer by layer
+    np.testing.assert_allclose(g.decode(np.zeros(g.dim)).flat(), mean.flat(), atol=1e-6)
+    np.testing.assert_array_equal(g.centre, np.zeros(g.dim))
+    z = g.scale * np.random.default_rng(0).normal(size=g.dim)
+    if kind == "pca":  # 6 train networks span 5 directions per layer: the rest of the basis is zero
+        z = np.where(g._live, z, 0.0)
+    np.testing.assert_allclose(g.encode(g.decode(z))[0], z, atol=1e-4)
+    nets = g.decode(np.stack([z, 2 * z]))
+    assert len(nets) == 2 and all(n.spec == SPEC for n in nets)
+
+
+def test_pca_is_stage_two_basis_and_reports_its_rank(zoo, stage2):
+    g = build("pca:all", zoo, stage2)
+    assert g.effective_dim == 5 + 5 + 3  # rank of 6 centred networks is 5; layer 2 keeps its 3 numbers
+    codes = ae.load_layer_codes(stage2, "flat", "pca")
+    net = zoo["test"][0]
+    np.testing.assert_allclose(g.decode(g.encode(net)[0]).flat(), ae.decode_network(net, codes).flat(), atol=1e-5)
+
+
+def test_latent_genome_decodes_like_stage_two(zoo, stage2):
+    g = build("latent:all", zoo, stage2)
+    codes = ae.load_layer_codes(stage2, "flat", "autoencoder")
+    assert g.dim == sum(c.latent_dim for c in codes.values())
+    net = zoo["test"][1]
+    np.testing.assert_allclose(g.decode(g.encode(net)[0]).flat(), ae.decode_network(net, codes).flat(), atol=1e-5)
+    train_codes = g.encode(zoo["train"])
+    np.testing.assert_allclose(g.centre, train_codes.mean(axis=0))
+    np.testing.assert_allclose(g.scale, np.maximum(train_codes.std(axis=0), 1e-3 * train_codes.std(axis=0).max()))
+    assert g.uses_zoo
+
+
+def test_single_layer_genomes_keep_the_base_networks_other_layers(zoo, stage2):
+    start = zoo["test"][2]
+    for name in ("latent:best", "pca:1", "dct:best", "random:best"):
+        g = build(name, zoo, stage2).with_base(start)
+        assert g.layers == (1,) and g.dim == LATENTS[1]
+        net = g.decode(g.centre + g.scale)
+        for i in (0, 2):
+            np.testing.assert_array_equal(net.layer(i)[0], start.layer(i)[0])
+            np.testing.assert_array_equal(net.layer(i)[1], start.layer(i)[1])
+        assert not np.array_equal(net.layer(1)[0], start.layer(1)[0])
+    # from scratch the base is the zoo's mean network
+    g = build("dct:best", zoo, stage2)
+    np.testing.assert_allclose(g.decode(np.zeros(g.dim)).flat(), gen.mean_network(zoo["train"]).flat(), atol=1e-6)
+
+
+def test_weight_genome_round_trip_groups_and_scratch_starts(zoo):
+    g = gen.WeightGenome(SPEC, centre=gen.mean_network(zoo["train"]))
+    net = zoo["test"][0]
+    np.testing.assert_array_equal(g.decode(g.encode(net)[0]).flat(), net.flat())
+    np.testing.assert_allclose(g.decode(g.centre).flat(), gen.mean_network(zoo["train"]).flat())
+    np.testing.assert_array_equal(g.scale, np.ones(SPEC.n_params))
+    assert not g.uses_zoo
+    # a crossover unit is a weight row with its bias: rows are inherited whole
+    w_rows = SPEC.layer_sizes[1]
+    n0 = SPEC.layer_sizes[1] * SPEC.layer_sizes[0]
+    assert len(np.unique(g.groups[:n0])) == w_rows
+    assert g.groups[n0] == g.groups[0] and g.groups[n0 + 1] == g.groups[SPEC.obs_dim]
+    # scratch starts are freshly initialised networks, not zoo-based codes
+    codes = g.random_codes(2, np.random.default_rng(0))
+    bound = 1 / np.sqrt(SPEC.obs_dim)
+    assert np.abs(codes[:, :n0]).max() <= bound and not np.allclose(codes[0], codes[1])
+
+
+def test_dct_code_matches_scipy_and_orders_by_frequency():
+    assert [tuple(p) for p in zip(*gen.dct_positions(3, 4, 6))] == [(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (2, 0)]
+    spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(4,))
+    n_out, n_in = 3, 4
+    code = gen.DCTCode(spec, 1, np.zeros(n_out * (n_in + 1)), k=1)
+    w, b = code.decode(np.array([1.0]))  # the DC coefficient alone: a constant matrix
+    np.testing.assert_allclose(w, np.full((n_out, n_in), 1 / np.sqrt(n_out * (n_in + 1))), rtol=1e-6)
+    m = np.random.default_rng(0).normal(size=(n_out, n_in + 1))
+    vec = np.concatenate([m[:, :-1].ravel(), m[:, -1]])
+    full = gen.DCTCode(spec, 1, np.zeros(vec.size), k=vec.size)
+    coef = scipy.fft.dctn(m, norm="ortho")
+    np.testing.assert_allclose(full.encode(vec), coef[full.rows, full.cols])
+
+
+def test_random_subspace_is_orthonormal_and_seeded():
+    spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8,))
+    a = gen.RandomSubspaceCode(spec, 0, np.zeros(96), k=7, seed=3)
+    np.testing.assert_allclose(a.basis @ a.basis.T, np.eye(7), atol=1e-10)
+    np.testing.assert_array_equal(a.basis, gen.RandomSubspaceCode(spec, 0, np.zeros(96), k=7, seed=3).basis)
+    assert not np.allclose(a.basis, gen.RandomSubspaceCode(spec, 0, np.zeros(96), k=7, seed=4).basis)
+
+
+def test_best_layer_is_relative_to_the_mean_layer():
+    summary = {"layers": [
+        {"layer": 0, "forms": {"flat": {"val_loss": 0.10}}, "mean_layer_val_loss": 0.12},
+        {"layer": 1, "forms": {"flat": {"val_loss": 0.20}}, "mean_layer_val_loss": 0.80},
+        {"layer": 2, "forms": {"flat": {"val_loss": 0.05}}, "mean_layer_val_loss": 0.06},
+    ]}
+    assert gen.best_layer_from_summary(json.loads(json.dumps(summary))) == 1
+
+
+def test_calibrated_sigma_hits_the_action_change_target(zoo, stage2):
+    states = np.random.default_rng(0).normal(size=(64, 11)).astype(np.float32)
+    for name in ("weights", "latent:all", "dct:all"):
+        g = build(name, zoo, stage2)
+        parents = g.encode(zoo["train"][:2])
+        s_small = gen.calibrate_sigma(g, parents, states, 0.02, seed=1)
+        s_large = gen.calibrate_sigma(g, parents, states, 0.08, seed=1)
+        assert s_small < s_large
+        rng = np.random.default_rng(1)
+        eps = rng.standard_normal((2, 8, g.dim))
+        kids = (parents[:, None, :] + s_small * g.scale * eps).reshape(-1, g.dim)
+        parent_nets = [n for n in g.decode(parents) for _ in range(8)]
+        got = gen.action_distance(parent_nets, g.decode(kids), states).mean()
+        assert got == pytest.approx(0.02, rel=0.02)
+    # one genome per parent (fine-tuning several networks with a single-layer genome)
+    g = build("latent:best", zoo, stage2)
+    per = [g.with_base(n) for n in zoo["test"][:2]]
+    z = np.stack([p.encode(n)[0] for p, n in zip(per, zoo["test"][:2])])
+    assert gen.calibrate_sigma(per, z, states, 0.05) > 0

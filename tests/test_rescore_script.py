@@ -1,0 +1,48 @@
+"""scripts/rescore_network.py: standalone (numpy, safetensors, gymnasium only) and in agreement
+with ``evaluate(backend="gymnasium")``. It computes the same float32 operations as
+``Network.act``, so the returns agree exactly."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nnae_utils.policies import Network, NetworkSpec, save_network
+from nnae_utils.rollouts import evaluate
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "rescore_network.py"
+
+
+def test_script_imports_only_numpy_safetensors_gymnasium():
+    tree = ast.parse(SCRIPT.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module.split(".")[0])
+    assert modules <= {"argparse", "json", "numpy", "safetensors", "gymnasium"}, modules
+
+
+def test_rescore_agrees_with_gymnasium_backend(tmp_path):
+    spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(32, 32), activation="tanh", layer_norm="after", obs_norm=True)
+    net = Network.random(spec, seed=7)
+    rng = np.random.default_rng(7)
+    net.params["obs_mean"] = rng.normal(0, 0.2, 11).astype(np.float32)
+    net.params["obs_std"] = rng.uniform(0.5, 2.0, 11).astype(np.float32)
+    net.params["layers.0.norm.weight"] = rng.uniform(0.5, 1.5, 32).astype(np.float32)
+    net.params["layers.1.norm.bias"] = rng.normal(0, 0.1, 32).astype(np.float32)
+    path = save_network(tmp_path / "net.safetensors", net)
+    seeds = [100, 101]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(path), "--seeds", *map(str, seeds)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    report = json.loads(out.stdout)
+    expected = evaluate(net, seeds, backend="gymnasium").returns[0]
+    assert report["returns"] == expected.tolist()
+    assert report["mean"] == float(np.mean(expected)) and report["std"] == float(np.std(expected))

@@ -1,0 +1,91 @@
+"""Statistics: hand-computed values, and scipy where it computes the same thing."""
+import numpy as np
+import pytest
+import scipy.stats
+
+from nnae_utils import stats
+
+
+def test_iqm_by_hand_and_against_scipy():
+    assert stats.iqm([1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert stats.iqm([10, 1, 3, 100, 5]) == pytest.approx(6.0)        # 5 runs: drop 1 and 100, mean of 3, 5, 10
+    assert stats.iqm([7.0]) == 7.0
+    x = np.random.default_rng(0).normal(size=(13, 3))
+    assert stats.iqm(x) == pytest.approx(scipy.stats.trim_mean(x.ravel(), 0.25))
+    np.testing.assert_allclose(stats.iqm(x, axis=0), scipy.stats.trim_mean(x, 0.25, axis=0))
+
+
+def test_percentile_bootstrap_agrees_with_scipy():
+    x = np.random.default_rng(1).gamma(2.0, 100.0, size=12)
+    ours = stats.interval(x, "mean", n_boot=40_000, seed=0)
+    ref = scipy.stats.bootstrap((x,), np.mean, n_resamples=40_000, method="percentile", confidence_level=0.95,
+                                random_state=np.random.default_rng(0)).confidence_interval
+    assert ours.point == pytest.approx(x.mean())
+    assert ours.low == pytest.approx(ref.low, rel=0.02)
+    assert ours.high == pytest.approx(ref.high, rel=0.02)
+    assert ours.low < ours.point < ours.high
+
+
+def test_interval_is_exact_for_constant_scores_and_reproducible():
+    assert stats.interval([3.0] * 5, "iqm", n_boot=100) == stats.Interval(3.0, 3.0, 3.0)
+    x = [1.0, 5.0, 2.0, 8.0, 3.0]
+    assert stats.interval(x, n_boot=500, seed=4) == stats.interval(x, n_boot=500, seed=4)
+
+
+def test_resampling_is_stratified_by_task():
+    # task 0 always scores 0, task 1 always 10: any resample that keeps both tasks has mean 5
+    scores = np.array([[0.0, 10.0]] * 4)
+    assert stats.interval(scores, "mean", n_boot=300) == stats.Interval(5.0, 5.0, 5.0)
+    idx = stats.stratified_resample_indices(4, 2, 50, np.random.default_rng(0))
+    assert idx.shape == (50, 4, 2) and idx.min() >= 0 and idx.max() < 4
+
+
+def test_paired_difference_interval():
+    y = np.array([1.0, 2.0, 6.0, 3.0, 9.0])
+    d = stats.difference_interval(y + 3.0, y, "mean", n_boot=500)
+    assert (d.point, d.low, d.high) == pytest.approx((3.0, 3.0, 3.0))  # pairing removes the between-run spread
+    u = stats.difference_interval(y + 3.0, y, "mean", paired=False, n_boot=500)
+    assert u.point == pytest.approx(3.0) and u.low < 3.0 < u.high
+    assert not d.excludes(3.0) and d.excludes(0.0)
+    with pytest.raises(ValueError):
+        stats.difference_interval([1.0, 2.0], [1.0], paired=True)
+
+
+def test_probability_of_improvement_is_normalised_mann_whitney():
+    assert stats.probability_of_improvement([3, 4], [1, 2]) == 1.0
+    assert stats.probability_of_improvement([1, 2], [3, 4]) == 0.0
+    assert stats.probability_of_improvement([1, 2], [1, 2]) == 0.5  # ties count one half
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=7), rng.normal(0.5, size=9)
+    u = scipy.stats.mannwhitneyu(x, y).statistic
+    assert stats.probability_of_improvement(x, y) == pytest.approx(u / (len(x) * len(y)))
+    ci = stats.probability_of_improvement_interval(x, y, n_boot=500)
+    assert 0.0 <= ci.low <= ci.point <= ci.high <= 1.0
+
+
+def test_align_curves_is_a_step_function_carried_forward():
+    grid = [0, 5, 10, 15, 20, 100]
+    out = stats.align_curves([[5, 15], [10]], [[1.0, 3.0], [7.0]], grid)
+    np.testing.assert_array_equal(out[0], [np.nan, 1.0, 1.0, 3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(out[1], [np.nan, np.nan, 7.0, 7.0, 7.0, 7.0])
+    frame = stats.curve_intervals(out, grid, "mean", n_boot=100)
+    assert np.isnan(frame.loc[1, "point"]) and frame.loc[3, "point"] == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        stats.align_curves([[2, 1]], [[0.0, 1.0]], grid)
+
+
+def test_steps_to_threshold_and_reach():
+    assert stats.steps_to_threshold([0, 100, 200], [50.0, 120.0, 90.0], 100.0) == 100.0
+    assert stats.steps_to_threshold([0, 100], [50.0, 60.0], 100.0) == float("inf")
+    assert stats.steps_to_threshold([0, 100], [150.0, 60.0], 100.0) == 0.0
+    r = stats.summarize_reach([100.0, 300.0, float("inf"), 200.0, float("inf")])
+    assert (r.median_steps, r.reached, r.runs) == (300.0, 3, 5)
+    assert stats.summarize_reach([float("inf"), float("inf"), 5.0]).format() == "not reached (1/3 runs)"
+    assert stats.summarize_reach([20_000.0, 40_000.0]).format() == "30k (2/2 runs)"
+    assert stats.format_steps(1_250_000) == "1.25M" and stats.format_steps(950) == "950"
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(stats, raise_on_error=False).failed == 0
