@@ -1,11 +1,15 @@
-# Two commands: `make book` and `make test`. Both create the virtual environment when missing.
+# Two commands: `make book` and `make test`. Both create the virtual environment and the book's
+# offline assets when missing.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= default
 STAMP := $(VENV)/.installed
+# MathJax, require.js and the Jupyter widget manager, which the book serves itself (no CDN), and the
+# browser driver of the book's test, pinned by book_assets/package-lock.json.
+ASSETS_STAMP := book_assets/node_modules/.installed
 
-.PHONY: book test venv clean-runs
+.PHONY: book test venv book-assets clean-runs
 
 venv: $(STAMP)
 
@@ -17,11 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nnae)" > /dev/null
 	touch $(STAMP)
 
-book: $(STAMP)
+book-assets: $(ASSETS_STAMP)
+
+# npm ci installs exactly the lockfile; it runs again only when package.json or the lockfile change.
+$(ASSETS_STAMP): book_assets/package.json book_assets/package-lock.json
+	cd book_assets && npm ci --no-audit --no-fund --loglevel=error
+	touch $(ASSETS_STAMP)
+
+book: $(STAMP) $(ASSETS_STAMP)
 	$(PY) -m nnae_utils.pipeline --profile $(PROFILE) --book --book-output .
 	@echo "open _build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) $(ASSETS_STAMP)
 	$(PY) -m pytest
 
 clean-runs:

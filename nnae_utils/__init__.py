@@ -7,6 +7,13 @@ One module per concept; data flows one way, stage to stage, through files on dis
 - ``td3``: a CleanRL-style TD3 learner with resumable checkpoints
 - ``zoo``: training runs, snapshots, the zoo's index and its splits
 - ``states``: the state dataset the functional loss is computed on
+- ``autoencoders``: layer autoencoders (flat and neuron-token), the functional loss, PCA baseline
+- ``decoded``: paired scores of input and decoded networks, retention
+- ``explorer``: the widget layer explorer
+- ``genomes``: genome encodings (weights, AE latent, PCA, random subspace, DCT)
+- ``evolution``: the GA and CMA-ES, run in lockstep through the one evaluation function
+- ``cerl``: the CERL-like hybrid of TD3 learners and a GA population
+- ``seeds`` / ``provenance``: reset-seed namespaces; versions and revisions recorded with results
 - ``stats`` / ``plots``: statistics and figures
 - ``stages``: each stage's typed parameters and artifact layout
 - ``pipeline``: profiles, caching and the papermill runner (command line)

@@ -1026,6 +1026,7 @@ def plan_experiments(spec: NetworkSpec, *, main_ratio: float, sweep_ratios: Sequ
     - main: both forms, every layer, functional loss, latent from ``main_ratio``;
     - ablation: the same autoencoders trained with the other losses ('weights', 'both', 'dagger');
     - sweep: the functional loss at every ratio of ``sweep_ratios``.
+
     Runs that coincide (e.g. the token form's ratio capped at in + 1) are trained once, with all their roles.
 
     Example:

@@ -2,7 +2,7 @@
 algorithm and CMA-ES, written so that many runs share one batched evaluation.
 
 **How an algorithm is written.** Each algorithm is a Python generator that reads top to bottom
-like a plain loop. Where it needs episodes it ``yield``s an :class:`EvalRequest` (networks and
+like a plain loop. Where it needs episodes it yields an :class:`EvalRequest` (networks and
 reset seeds) and receives the :class:`~nnae_utils.rollouts.EvalResult`::
 
     result = yield EvalRequest(genome.decode(population), seeds, counted=True, purpose="fitness")

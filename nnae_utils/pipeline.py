@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -251,28 +252,120 @@ def run_pipeline(
 
 # --------------------------------------------------------------------------- the book
 
+BOOK_ASSETS = PROJECT_ROOT / "book_assets"
+"""npm project (package.json + package-lock.json) of the files the book serves itself; ``make`` runs ``npm ci`` there."""
+NODE_MODULES = BOOK_ASSETS / "node_modules"
+
+PLANNED_STAGES = {
+    1: "The policy zoo and the state dataset",
+    2: "Layer autoencoders with the functional loss",
+    3: "Decoded networks deployed in Hopper",
+    4: "Evolution in the latent space",
+    5: "Latent evolution inside CERL",
+}
+"""The suite's stages by number (ARCHITECTURE.md). The landing page names each of them: with its
+findings when this run computed it, and saying so when it did not run or does not exist yet."""
+
+OFFLINE_ASSETS = (
+    # (npm package, path inside it, destination under _static/offline/, files left out)
+    ("mathjax", "es5", "mathjax", ("*.map", "node-main.js")),
+    ("requirejs", "require.js", "require.js", ()),
+    ("@jupyter-widgets/html-manager", "dist", "@jupyter-widgets/html-manager/dist",
+     ("*.map", "embed.js", "embed.js.LICENSE.txt", "libembed-amd.js")),
+    # the icon fonts again where the bundled @jupyter-widgets/base and /controls modules look for them
+    ("@jupyter-widgets/html-manager", "dist", "@jupyter-widgets", ("*.js", "*.map", "*.txt")),
+)
+"""What the book serves instead of CDNs: MathJax 3, require.js, and the widget manager of ipywidgets 8
+with its icon fonts. Copied at assembly time from ``book_assets/node_modules`` (never committed)."""
+
+WIDGETS_BASEURL_JS = """\
+// Written by nnae_utils.pipeline.assemble_book. Points require.js' baseUrl at the folder of this file
+// (_static/offline/). @jupyter-widgets/html-manager derives the URL of its icon fonts from its AMD
+// module's URL, which require.js resolves against baseUrl: without this line the fonts would be
+// fetched relative to each page, and miss.
+(function () {
+  var src = document.currentScript.src;
+  require.config({ baseUrl: src.slice(0, src.lastIndexOf("/") + 1) });
+})();
+"""
+
+STAGE_PLACEHOLDER = "@NOTEBOOK@"
+"""Stands for the stage's executed notebook (``/notebooks/<folder>.ipynb``) in ``book/findings/stage<N>.md``."""
+
+
+def stage_number(stage: Stage) -> int:
+    """``01_data`` -> 1."""
+    return int(stage.folder.split("_", 1)[0])
+
 
 def assemble_book(run_dir: Path) -> Path:
-    """A book source tree in ``run_dir/book_src``: config, pages, and the executed notebooks."""
+    """A book source tree in ``run_dir/book_src``: config, pages, the executed notebooks, the pages
+    generated from the run's records, and the offline assets.
+
+    A stage whose executed notebook is not in the run is left out of the table of contents, and the
+    landing page says that it did not run.
+    """
+    run_dir = Path(run_dir)
     src = run_dir / "book_src"
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(PROJECT_ROOT / name, src / name)
+    shutil.copy2(PROJECT_ROOT / "_config.yml", src / "_config.yml")
     shutil.copytree(PROJECT_ROOT / "book", src / "book")
-    (src / "book" / "_generated").mkdir(exist_ok=True)
-    (src / "book" / "_generated" / "run_times.md").write_text(run_times_table(run_dir))
+    generated = src / "book" / "_generated"
+    generated.mkdir(exist_ok=True)
+
+    toc = yaml.safe_load((PROJECT_ROOT / "_toc.yml").read_text())
+    in_toc = {s.name for s in STAGES if _toc_has(toc, f"notebooks/{s.folder}")}
+    ran = {s.name for s in STAGES if (run_dir / "executed" / f"{s.folder}.ipynb").is_file()}
     (src / "notebooks").mkdir()
-    toc = (PROJECT_ROOT / "_toc.yml").read_text()
     for stage in STAGES:
-        if f"notebooks/{stage.folder}" not in toc:
+        if stage.name not in in_toc:
             continue
-        executed = run_dir / "executed" / f"{stage.folder}.ipynb"
-        if not executed.is_file():
-            raise MissingInputError(f"the book needs the executed notebook {executed}; run the stage '{stage.name}' first")
-        _copy_for_book(executed, src / "notebooks" / executed.name)
+        if stage.name in ran:
+            _copy_for_book(run_dir / "executed" / f"{stage.folder}.ipynb", src / "notebooks" / f"{stage.folder}.ipynb")
+        else:
+            log.warning("the book leaves out stage %s: %s has no executed notebook", stage.name, run_dir)
+            _toc_remove(toc, f"notebooks/{stage.folder}")
+    (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    status = {s.name: ("not run" if s.name not in ran else "chapter" if s.name in in_toc else "not in toc")
+              for s in STAGES}
+
+    profile = profile_of_run(run_dir)
+    (generated / "findings.md").write_text(findings_markdown(run_dir, status, profile))
+    (generated / "stage_map.md").write_text(stage_map_markdown(status))
+    (generated / "run_times.md").write_text(run_times_table(run_dir, profile))
+    (generated / "profiles.md").write_text(profiles_table())
+    write_api_pages(src / "book")
+    copy_offline_assets(src / "_assets" / "offline")
     return src
+
+
+def _toc_entries(node: Any):
+    """Every mapping of a _toc.yml (root, parts, chapters, sections), depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _toc_entries(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _toc_entries(item)
+
+
+def _toc_has(toc: Any, file: str) -> bool:
+    return any(entry.get("file") == file for entry in _toc_entries(toc))
+
+
+def _toc_remove(toc: Any, file: str) -> None:
+    """Remove the entry of ``file`` (and a part left without chapters)."""
+    for entry in list(_toc_entries(toc)):
+        for key in ("chapters", "sections"):
+            if isinstance(entry.get(key), list):
+                entry[key] = [e for e in entry[key] if not (isinstance(e, dict) and e.get("file") == file)]
+                if not entry[key]:
+                    del entry[key]
+    if isinstance(toc.get("parts"), list):
+        toc["parts"] = [p for p in toc["parts"] if p.get("chapters")]
 
 
 def _copy_for_book(executed: Path, destination: Path) -> None:
@@ -290,32 +383,203 @@ def _copy_for_book(executed: Path, destination: Path) -> None:
     nbformat.write(nb, destination)
 
 
-def run_times_table(run_dir: Path) -> str:
-    """A Markdown table of the stage wall times measured in ``run_dir`` (its ``timings.json``)."""
+def glue_keys(notebook: Path) -> set[str]:
+    """Names the executed notebook glued with ``myst_nb.glue``."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return {
+        output["metadata"]["scrapbook"]["name"]
+        for cell in nb.cells if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if "scrapbook" in output.get("metadata", {})
+    }
+
+
+def profile_of_run(run_dir: Path) -> str | None:
+    """The profile whose parameters every stage of the run was computed with (``None``: none matches,
+    e.g. a run with ``-p`` overrides or with no stage run)."""
+    records = {s.name: read_stage_record(run_dir, s) for s in STAGES}
+    records = {name: rec for name, rec in records.items() if rec and "params" in rec}
+    if not records:
+        return None
+
+    def comparable(params: Mapping[str, Any]) -> str:
+        return json.dumps({k: v for k, v in params.items() if k != "run_dir"}, sort_keys=True, default=str)
+
+    preferred = [run_dir.name] if run_dir.name in list_profiles() else []
+    for name in preferred + [p for p in list_profiles() if p not in preferred]:
+        try:
+            params = resolve_params(load_profile(name), {}, run_dir)
+        except (ParameterError, MissingInputError):
+            continue
+        if all(comparable(json.loads(json.dumps(params[n].to_dict()))) == comparable(rec["params"])
+               for n, rec in records.items()):
+            return name
+    return None
+
+
+def findings_markdown(run_dir: Path, status: Mapping[str, str], profile: str | None) -> str:
+    """The landing page's findings: one paragraph per planned stage, its numbers glued from the
+    stage's executed notebook (``{glue:text}`/notebooks/<folder>::key:s```), a link to its chapter;
+    or a sentence saying that the stage did not run here, or does not exist yet."""
+    by_number = {stage_number(s): s for s in STAGES}
+    parts = [_profile_note(run_dir, profile)]
+    for number, title in sorted({**PLANNED_STAGES, **{n: s.folder for n, s in by_number.items()
+                                                       if n not in PLANNED_STAGES}}.items()):
+        stage = by_number.get(number)
+        head = f"**Stage {number} · {title}.**"
+        if stage is None or not (PROJECT_ROOT / stage.notebook).is_file():
+            parts.append(f"{head} Not part of the suite yet: its notebook is being written, so this book has no "
+                         "results for it.")
+            continue
+        if status[stage.name] == "not run":
+            parts.append(f"{head} Not run for this book (`{stage.notebook}` has no executed notebook in the run "
+                         f"folder); run it with `python -m nnae_utils.pipeline --only {stage.name}`.")
+            continue
+        if status[stage.name] == "not in toc":
+            parts.append(f"{head} Computed, but its notebook `{stage.notebook}` is not in the book's `_toc.yml` "
+                         "yet, so this book does not show it.")
+            continue
+        notebook = f"/notebooks/{stage.folder}"
+        template = PROJECT_ROOT / "book" / "findings" / f"stage{number}.md"
+        link = f"{{doc}}`chapter {number} <{notebook}>`"
+        if not template.is_file():
+            parts.append(f"{head} Its findings close its chapter, {link}.")
+            continue
+        source = f"{notebook}.ipynb"  # myst-nb resolves a glue reference's document by its file name
+        text = template.read_text().strip().replace(STAGE_PLACEHOLDER, source)
+        wanted = set(re.findall(r"\{glue:text\}`" + re.escape(source) + r"::([A-Za-z0-9_]+)(?::[^`]*)?`", text))
+        missing = wanted - glue_keys(run_dir / "executed" / f"{stage.folder}.ipynb")
+        if missing:
+            raise PipelineError(
+                f"book/findings/stage{number}.md pastes {sorted(missing)}, which {stage.notebook} no longer "
+                "glues; update the page or the notebook"
+            )
+        parts.append(f"{head} {text} (From {link}.)")
+    return "\n\n".join(parts) + "\n"
+
+
+def _profile_note(run_dir: Path, profile: str | None) -> str:
+    if profile is None:
+        return (":::{note}\nThis book was built from the run folder `" + run_dir.name + "`, computed with "
+                "parameters that match none of the profiles (`-p` overrides, or stages run with different "
+                "profiles); each chapter shows the parameters it ran with. Every number below is pasted from "
+                "the chapter that computed it.\n:::")
+    description = " ".join(load_profile(profile).description.split())
+    kind = "warning" if profile == "smoke" else "note"
+    return (f":::{{{kind}}}\nThis book shows a run of the **`{profile}`** profile: {description} Every number "
+            "below is pasted from the chapter that computed it.\n:::")
+
+
+def stage_map_markdown(status: Mapping[str, str]) -> str:
+    """The table of the suite's stages on the landing page, linking the chapters this book has."""
+    by_number = {stage_number(s): s for s in STAGES}
+    rows = ["| stage | chapter | in this book |", "|---|---|---|"]
+    for number, title in sorted(PLANNED_STAGES.items()):
+        stage = by_number.get(number)
+        if stage is None or not (PROJECT_ROOT / stage.notebook).is_file():
+            rows.append(f"| {number} · {title} | (being written) | no |")
+        elif status[stage.name] == "chapter":
+            rows.append(f"| {number} · {title} | {{doc}}`/notebooks/{stage.folder}` | yes |")
+        else:
+            rows.append(f"| {number} · {title} | `{stage.notebook}` | {status[stage.name]} |")
+    return "\n".join(rows) + "\n"
+
+
+def run_times_table(run_dir: Path, profile: str | None = None) -> str:
+    """A Markdown table of the stage wall times measured in ``run_dir`` (its stage records and ``timings.json``)."""
     timings = run_dir / "timings.json"
     records = {s.name: read_stage_record(run_dir, s) for s in STAGES}
-    rows = [
-        f"| {s.folder} | {rec['wall_seconds'] / 60:.1f} | {rec.get('cores', '?')} | {rec.get('finished', '?')} |"
-        for s in STAGES
-        if (rec := records[s.name]) is not None
-    ]
+    rows = []
+    total = 0.0
+    for s in STAGES:
+        rec = records[s.name]
+        if rec is None:
+            rows.append(f"| {s.folder} | `--only {s.name}` | not run | | |")
+            continue
+        total += rec["wall_seconds"]
+        rows.append(f"| {s.folder} | `--only {s.name}` | {rec['wall_seconds'] / 60:.1f} | {rec.get('cores', '?')} "
+                    f"| {rec.get('finished', '?')} |")
+    rows.append(f"| **all stages** | | **{total / 60:.1f}** | | |")
     book = json.loads(timings.read_text()).get("book") if timings.is_file() else None
-    note = f"The previous book build of this run took {book['wall_seconds'] / 60:.1f} min.\n" if book else ""
+    note = (f"The previous build of this book from the same run took {book['wall_seconds']:.0f} s.\n"
+            if book else "")
+    which = f"a run of the `{profile}` profile" if profile else "a run with custom parameters"
     return (
-        f"Measured in the run folder `{run_dir.name}` that this book was built from "
-        f"(wall time of the last computation of each stage, on a machine with the cores shown):\n\n"
-        "| stage | minutes | cores | finished |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + note
+        f"Measured in the run folder `{run_dir.name}` ({which}) that this book was built from: the wall time "
+        "of the last computation of each stage, on a machine with the cores shown.\n\n"
+        "| stage | pipeline option | minutes | cores | finished |\n|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n\n" + note
     )
+
+
+def profiles_table() -> str:
+    """A Markdown table of the profiles and their descriptions (``profiles/*.yaml``)."""
+    rows = ["| profile | what it is for |", "|---|---|"]
+    for name in list_profiles():
+        prof = load_profile(name)
+        note = "" if prof.run_here else " **Not run on this kind of machine.**"
+        rows.append(f"| `{name}` | {' '.join(prof.description.split())}{note} |")
+    return "\n".join(rows) + "\n"
+
+
+def api_modules() -> list[str]:
+    """Public modules of ``nnae_utils``, each documented on its own page of the book."""
+    import pkgutil
+
+    import nnae_utils
+
+    return [f"nnae_utils.{m.name}" for m in pkgutil.iter_modules(nnae_utils.__path__) if not m.name.startswith("_")]
+
+
+def write_api_pages(book: Path) -> None:
+    """``book/api/<module>.md``: one autodoc page per module (the toc globs them), and the table of
+    modules that ``book/api/index.md`` includes."""
+    (book / "api").mkdir(exist_ok=True)
+    modules = api_modules()
+    for module in modules:
+        (book / "api" / f"{module}.md").write_text(
+            f"# `{module}`\n\n```{{eval-rst}}\n.. automodule:: {module}\n```\n"
+        )
+    listing = "\n".join(f"   {m}" for m in modules)
+    (book / "_generated" / "api_modules.md").write_text(f"```{{eval-rst}}\n.. autosummary::\n\n{listing}\n```\n")
+
+
+def copy_offline_assets(destination: Path) -> None:
+    """Copy MathJax, require.js and the widget manager from ``book_assets/node_modules`` (``make``
+    installs them with ``npm ci``) to ``destination``, which the book serves as ``_static/offline``."""
+    missing = [pkg for pkg, *_ in OFFLINE_ASSETS if not (NODE_MODULES / pkg / "package.json").is_file()]
+    if missing:
+        raise PipelineError(
+            f"the book serves MathJax, require.js and the widget manager itself, but {missing} are not installed "
+            f"in {NODE_MODULES}; run `make book-assets` (npm ci in book_assets/)"
+        )
+    destination.mkdir(parents=True, exist_ok=True)
+    notice = ["Served by the book instead of CDNs; copied from npm packages (book_assets/package-lock.json).", ""]
+    for package, inner, target, leave_out in OFFLINE_ASSETS:
+        source, out = NODE_MODULES / package / inner, destination / target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, out, ignore=shutil.ignore_patterns(*leave_out), dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, out)
+        meta = json.loads((NODE_MODULES / package / "package.json").read_text())
+        notice.append(f"{package} {meta['version']} ({meta.get('license', '?')}): {target}/")
+    (destination / "widgets-baseurl.js").write_text(WIDGETS_BASEURL_JS)
+    (destination / "NOTICE.txt").write_text("\n".join(notice) + "\n")
 
 
 def build_book(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> Path:
     """Build the Jupyter Book (Sphinx warnings are errors) from a run's executed notebooks."""
     run_dir = Path(run_dir)
     output_dir = Path(output_dir) if output_dir else run_dir
+    start = time.time()
     src = assemble_book(run_dir)
+    # a clean build: no page of an earlier build (a stage left out since, a renamed page) survives
+    shutil.rmtree(output_dir / "_build", ignore_errors=True)
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(output_dir), "-W", "--keep-going"]
     log.info("building the book: %s", " ".join(cmd))
-    start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise PipelineError(f"the book build failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")

@@ -214,3 +214,221 @@ def final_scores(table: pd.DataFrame, runs: pd.DataFrame | None = None, *, xlabe
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- stage 3: decoded networks
+
+LAYER_LABEL_ORDER = ["0", "1", "2", "3", "4", "all"]
+METHOD_STYLE = {"flat": ("-", 0), "token": ("-", 1), "PCA flat": ("--", 0), "PCA token": ("--", 1)}
+
+
+def _layer_order(labels) -> list[str]:
+    present = list(dict.fromkeys(str(x) for x in labels))
+    return [l for l in LAYER_LABEL_ORDER if l in present] + [l for l in present if l not in LAYER_LABEL_ORDER]
+
+
+def _levels(ax, levels, horizontal: bool = True) -> None:
+    for y, style in [(1.0, "-"), *[(t, ":") for t in levels]]:
+        (ax.axhline if horizontal else ax.axvline)(y, color="0.45", lw=0.9, ls=style, zorder=0)
+
+
+def decoded_scores(frame: pd.DataFrame):
+    """Mean return of the input networks and of their decoded versions per compressed layer (the paper's
+    Fig. 3d against 3e), one panel per encoder form (rows) and split (columns); bars are means with 95%
+    bootstrap CIs over networks, dots the networks. ``frame``: form, split, layers, input_return, decoded_return."""
+    forms = [f for f in FORM_ORDER if f in set(frame["form"])]
+    splits = [s for s in SPLIT_ORDER if s in set(frame["split"])]
+    order = _layer_order(frame["layers"])
+    long = frame.melt(id_vars=["form", "split", "layers", "source_network"], value_vars=["input_return", "decoded_return"],
+                      var_name="network", value_name="return")
+    long["network"] = long["network"].map({"input_return": "input", "decoded_return": "decoded"})
+    long["layers"] = long["layers"].astype(str)
+    fig, axes = plt.subplots(len(forms), len(splits), figsize=(4.3 * len(splits), 3.3 * len(forms)), sharey=True, squeeze=False)
+    for r, form in enumerate(forms):
+        for c, split in enumerate(splits):
+            ax = axes[r, c]
+            sub = long[(long["form"] == form) & (long["split"] == split)]
+            sns.barplot(data=sub, x="layers", y="return", hue="network", hue_order=["input", "decoded"], order=order,
+                        palette=["0.75", sns.color_palette("deep")[0]], errorbar=("ci", 95), n_boot=500, seed=0,
+                        capsize=0.1, ax=ax, legend=(r == 0 and c == len(splits) - 1))
+            sns.stripplot(data=sub, x="layers", y="return", hue="network", hue_order=["input", "decoded"], order=order,
+                          dodge=True, palette=["0.35", "0.1"], size=2.5, alpha=0.6, jitter=0.15, legend=False, ax=ax)
+            ax.set(title=f"{form} form, {split} networks", xlabel="compressed layer", ylabel="return" if c == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def retention_by_layer(table: pd.DataFrame, levels=(0.98, 0.9)):
+    """Retention (mean decoded / mean input return) with its 95% CI per compressed layer, one colour per
+    split, one panel per form. ``table``: form, split, layers, retention, low, high."""
+    forms = [f for f in FORM_ORDER if f in set(table["form"])]
+    splits = [s for s in SPLIT_ORDER if s in set(table["split"])]
+    order = _layer_order(table["layers"])
+    palette = dict(zip(SPLIT_ORDER, sns.color_palette("deep", 3)))
+    fig, axes = plt.subplots(1, len(forms), figsize=(5.2 * len(forms), 3.6), sharey=True, squeeze=False)
+    width = 0.7 / max(len(splits), 1)
+    for ax, form in zip(axes[0], forms):
+        _levels(ax, levels)
+        for j, split in enumerate(splits):
+            d = table[(table["form"] == form) & (table["split"] == split)].set_index("layers").reindex(order)
+            x = np.arange(len(order)) + (j - (len(splits) - 1) / 2) * width
+            ax.errorbar(x, d["retention"], yerr=[d["retention"] - d["low"], d["high"] - d["retention"]], fmt="o",
+                        color=palette[split], capsize=3, lw=1.3, label=split)
+        ax.set_xticks(np.arange(len(order)), order)
+        ax.set(title=f"{form} form", xlabel="compressed layer", ylabel="retention (decoded / input return)")
+    axes[0, -1].legend(fontsize=8, title="split")
+    fig.tight_layout()
+    return fig
+
+
+def retention_vs_ratio(table: pd.DataFrame, levels=(0.98, 0.9), token_limits: dict | None = None):
+    """Retention against compression ratio (log x), one panel per layer, one line per method (flat, token
+    autoencoders solid; PCA dashed), 95% CIs as error bars; dotted lines at the retention ``levels``.
+    ``table``: layer, method, compression_ratio, retention, low, high."""
+    layers = sorted(table["layer"].unique())
+    methods = [m for m in METHOD_STYLE if m in set(table["method"])]
+    colors = sns.color_palette("deep", 2)
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.3 * len(layers), 3.7), sharey=True, squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        _levels(ax, levels)
+        sub = table[table["layer"] == layer]
+        for m in methods:
+            d = sub[sub["method"] == m].sort_values("compression_ratio")
+            ls, ci = METHOD_STYLE[m]
+            ax.errorbar(d["compression_ratio"], d["retention"], yerr=[d["retention"] - d["low"], d["high"] - d["retention"]],
+                        fmt="o", ls=ls, ms=4, lw=1.4, capsize=2.5, color=colors[ci], alpha=0.95 if ls == "-" else 0.6, label=m)
+        if token_limits and layer in token_limits:
+            ax.axvline(token_limits[layer], ls=":", color="0.4", lw=1)
+        ax.set(xscale="log", title=f"layer {layer}", xlabel="compression ratio (params / latent dim)")
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    axes[0, 0].set_ylabel("retention (decoded / input return)")
+    axes[0, -1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def retention_by_loss(table: pd.DataFrame, levels=(0.98, 0.9)):
+    """Retention with 95% CI per layer and training loss (functional, weights, both, dagger; PCA at the same
+    latent size), one panel per form. ``table``: form, layer, loss, retention, low, high."""
+    forms = [f for f in FORM_ORDER if f in set(table["form"])]
+    losses = [l for l in [*LOSS_ORDER, "pca"] if l in set(table["loss"])]
+    layers = sorted(table["layer"].unique())
+    palette = dict(zip([*LOSS_ORDER, "pca"], sns.color_palette("deep", 5)))
+    width = 0.8 / max(len(losses), 1)
+    fig, axes = plt.subplots(1, len(forms), figsize=(5.4 * len(forms), 3.6), sharey=True, squeeze=False)
+    for ax, form in zip(axes[0], forms):
+        _levels(ax, levels)
+        for j, loss in enumerate(losses):
+            d = table[(table["form"] == form) & (table["loss"] == loss)].set_index("layer").reindex(layers)
+            x = np.arange(len(layers)) + (j - (len(losses) - 1) / 2) * width
+            ax.errorbar(x, d["retention"], yerr=[d["retention"] - d["low"], d["high"] - d["retention"]], fmt="s" if loss == "pca" else "o",
+                        color=palette[loss], capsize=2.5, lw=1.3, ms=4.5, label="PCA" if loss == "pca" else loss)
+        ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
+        ax.set(title=f"{form} form", ylabel="retention (decoded / input return)")
+    axes[0, -1].legend(fontsize=8, title="training loss")
+    fig.tight_layout()
+    return fig
+
+
+def layer_explorer(view):
+    """The layer explorer's figure for one :class:`nnae_utils.explorer.ExplorerView`: input, decoded and
+    difference weight heatmaps (bias as the last column), then every action of both networks along the
+    input network's trajectory."""
+    fig = plt.figure(figsize=(10.5, 6.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.15, 1.0])
+    w_in, w_dec, diff = view.weight_input, view.weight_decoded, view.difference
+    lim = float(max(np.abs(w_in).max(), np.abs(w_dec).max(), 1e-12))
+    dlim = float(max(np.abs(diff).max(), 1e-12))
+    titles = ["input layer", "decoded layer", "decoded - input"]
+    for k, (mat, title) in enumerate(zip([w_in, w_dec, diff], titles)):
+        ax = fig.add_subplot(grid[0, k])
+        v = dlim if k == 2 else lim
+        im = ax.imshow(mat, aspect="auto", cmap="RdBu_r" if k == 2 else "coolwarm", vmin=-v, vmax=v, interpolation="nearest")
+        ax.set(title=title, xlabel="input unit (last column: bias)", ylabel="output unit" if k == 0 else "")
+        ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    n_act = view.actions_input.shape[1]
+    colors = sns.color_palette("deep", 2)
+    for j in range(n_act):
+        ax = fig.add_subplot(grid[1, j % 3])
+        ax.plot(view.actions_input[:, j], color=colors[0], lw=1.1, label="input")
+        ax.plot(view.actions_decoded[:, j], color=colors[1], lw=1.1, ls="--", label="decoded")
+        ax.set(xlabel="step of the input network's episode", ylabel="action" if j == 0 else "", ylim=(-1.05, 1.05),
+               title=f"action {j}")
+        if j == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{view.network_id}, layer {view.layer}, {view.code_label}: return of one episode, input "
+                 f"{view.return_input:.1f} ({view.length_input} steps), decoded {view.return_decoded:.1f} "
+                 f"({view.length_decoded} steps)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- stage 5: CERL comparison
+
+
+def migration_loss(migrations: pd.DataFrame, *, mutation_change: float | None = None):
+    """What encoding a migrating learner actor into a genome loses, one colour per variant.
+
+    Left: the functional distance (mean L2 between the actions of the actor and of its decoded
+    code) at each migration, against the env steps of the run; a dashed line marks the action
+    change of one mutation (``mutation_change``). Right: the decoded code's return against the
+    actor's own return (fresh seeds; the diagonal is a lossless encoding), where they were probed.
+    ``migrations``: label, env_steps, distance, actor_return, decoded_return.
+    """
+    labels = list(dict.fromkeys(migrations["label"]))
+    palette = dict(zip(labels, sns.color_palette("deep", len(labels))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    for label in labels:
+        d = migrations[migrations["label"] == label]
+        ax.scatter(d["env_steps"], d["distance"], s=18, alpha=0.7, color=palette[label], label=label)
+    if mutation_change:
+        ax.axhline(mutation_change, color="0.4", ls="--", lw=1, label="one mutation")
+    ax.set(xlabel="environment steps at the migration", ylabel="action distance: actor vs decoded code",
+           title="Functional distance of each migrant's encoding")
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k"))
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    probed = migrations.dropna(subset=["actor_return", "decoded_return"])
+    if len(probed):
+        for label in labels:
+            d = probed[probed["label"] == label]
+            ax.scatter(d["actor_return"], d["decoded_return"], s=18, alpha=0.7, color=palette[label], label=label)
+        lo = float(min(probed["actor_return"].min(), probed["decoded_return"].min()))
+        hi = float(max(probed["actor_return"].max(), probed["decoded_return"].max()))
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls=":")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no lossy encoding was probed", transform=ax.transAxes, ha="center", va="center")
+    ax.set(xlabel="learner actor's return (fresh seeds)", ylabel="its decoded code's return",
+           title="Return before and after encoding")
+    fig.tight_layout()
+    return fig
+
+
+def champion_sources(shares: pd.DataFrame):
+    """Stacked bars: the share of generations whose champion came from each source, per run label and start.
+
+    ``shares``: start, label, source (population / learner / previous champion / start), share.
+    """
+    starts = [s for s in START_TITLES if s in set(shares["start"])]
+    order = [s for s in ["population", "learner", "previous champion"] if s in set(shares["source"])]
+    colors = dict(zip(["population", "learner", "previous champion"], sns.color_palette("deep", 3)))
+    fig, axes = plt.subplots(1, len(starts), figsize=(6.0 * len(starts), max(2.2, 0.8 + 0.5 * shares["label"].nunique())),
+                             squeeze=False)
+    for ax, start in zip(axes[0], starts):
+        sub = shares[shares["start"] == start].pivot_table(index="label", columns="source", values="share", fill_value=0.0)
+        sub = sub.reindex(columns=order, fill_value=0.0)
+        left = np.zeros(len(sub))
+        for source in order:
+            ax.barh(sub.index, sub[source], left=left, color=colors[source], label=source)
+            left += sub[source].to_numpy()
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1), xlabel="share of generations", title=START_TITLES[start])
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

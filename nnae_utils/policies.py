@@ -81,7 +81,7 @@ class NetworkSpec:
 
     @property
     def layer_sizes(self) -> list[int]:
-        """[obs_dim, *hidden, act_dim]."""
+        """``[obs_dim, *hidden, act_dim]``."""
         return [self.obs_dim, *self.hidden, self.act_dim]
 
     @property

@@ -310,6 +310,70 @@ class LayerAEParams(StageParams):
 
 
 @dataclass(frozen=True)
+class DecodedEvalParams(StageParams):
+    """Stage 3: decoded networks deployed in Hopper, scored against their input networks on the same reset seeds."""
+
+    STAGE: typing.ClassVar[str] = "decoded_evaluation"
+
+    splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
+    """Splits whose networks are decoded by the main autoencoders (each layer alone, and all layers together) and scored."""
+    extra_splits: list[str] = field(default_factory=lambda: ["test"])
+    """Splits also scored with the latent-size sweep, the loss ablation and PCA models (each layer alone; costly)."""
+    headline_split: str = "test"
+    """Split on which the summary reports the best layer, the compression ratios that keep 98 / 90 percent, and the loss variants."""
+    sweep: bool = True
+    """Score the stage-2 latent-size sweep (functional loss at other compression ratios)."""
+    ablation: bool = True
+    """Score the stage-2 loss ablation (weights only, both, DAgger) at the main latent size."""
+    pca: bool = True
+    """Score the per-layer PCA baseline at every latent size stage 2 evaluated it."""
+    episodes: int = 20
+    """Paired episodes per network (the same decoded_report reset seeds for input and decoded networks)."""
+    max_episode_steps: int = 1000
+    """Episode cap (Hopper-v5: 1000)."""
+    resolution: float = 0.02
+    """Relative return difference the episode count should resolve at 95 percent; the notebook checks it from the paired differences."""
+    thresholds: list[float] = field(default_factory=lambda: [0.98, 0.9])
+    """Retention levels for which the highest compression ratio that keeps them is reported."""
+    n_boot: int = 2000
+    """Bootstrap replicates of every confidence interval."""
+    explorer_steps: int = 300
+    """Episode cap of the layer explorer rollouts (one short episode per slider move)."""
+    explorer_directions: int = 3
+    """Latent directions (principal directions of the train networks codes) the explorer offers as sliders."""
+    physics_threads: int = 0
+    """MuJoCo threads of the batched evaluation; 0 uses every core."""
+    torch_threads: int = 1
+    """Torch threads (autoencoder encoding and decoding)."""
+
+    def validate(self) -> None:
+        self._positive("episodes", "max_episode_steps", "n_boot", "explorer_steps", "explorer_directions",
+                       "torch_threads", "thresholds")
+        known = ("train", "validation", "test")
+        for name in ("splits", "extra_splits"):
+            values = getattr(self, name)
+            if any(v not in known for v in values) or len(set(values)) != len(values):
+                raise ParameterError(f"{self.STAGE}: {name} must list distinct splits among {known}, got {values!r}")
+        if not self.splits:
+            raise ParameterError(f"{self.STAGE}: splits must name at least one split")
+        if self.headline_split not in self.splits:
+            raise ParameterError(f"{self.STAGE}: headline_split {self.headline_split!r} must be one of splits {self.splits}")
+        if (self.sweep or self.ablation or self.pca) and self.headline_split not in self.extra_splits:
+            raise ParameterError(
+                f"{self.STAGE}: headline_split {self.headline_split!r} must be in extra_splits {self.extra_splits} "
+                "when the sweep, ablation or PCA models are scored (their summary figures are read on it)"
+            )
+        if self.episodes < 2:
+            raise ParameterError(f"{self.STAGE}: episodes must be >= 2 (the paired differences need a variance), got {self.episodes}")
+        if not 0.0 < self.resolution < 1.0:
+            raise ParameterError(f"{self.STAGE}: resolution must lie in (0, 1), got {self.resolution}")
+        if any(t > 1.0 for t in self.thresholds):
+            raise ParameterError(f"{self.STAGE}: thresholds are retention levels in (0, 1], got {self.thresholds}")
+        if self.physics_threads < 0:
+            raise ParameterError(f"{self.STAGE}: physics_threads must be >= 0, got {self.physics_threads}")
+
+
+@dataclass(frozen=True)
 class LatentEvolutionParams(StageParams):
     """Stage 4: neuroevolution in the latent space, against weight space and fair controls, at equal env-step budgets."""
 
@@ -409,6 +473,153 @@ class LatentEvolutionParams(StageParams):
 
 
 @dataclass(frozen=True)
+class CERLParams(StageParams):
+    """Stage 5: a CERL-like hybrid (TD3 learners and a GA sharing one replay buffer) with its GA in weight space or in the latent space, against TD3 alone and evolution alone, at equal env-step budgets."""
+
+    STAGE: typing.ClassVar[str] = "cerl_comparison"
+
+    variants: list[str] = field(default_factory=lambda: ["cerl/weights", "cerl/latent:all", "td3", "evolution"])
+    """Runs to compare: cerl/<genome> (the hybrid, its GA on that genome: weights, latent:all, pca:all, ...); td3 (the learners alone, through the same loop without a population); evolution (evolution alone, see evolution_alone)."""
+    starts: list[str] = field(default_factory=lambda: ["finetune"])
+    """Start conditions: finetune (the held-out test networks, learners with their TD3 runs' critics) and/or scratch."""
+    n_seeds: int = 5
+    """Independent runs of every variant and start; replicate r fine-tunes the same test network as stage 4's replicate r."""
+    budget_steps: int = 40_000
+    """Env steps at which every run is scored, counting population fitness, learner exploration and elite re-evaluation episodes (reporting and migrant probes are extra); a run stops once it has spent them, its last generation may overrun."""
+    max_episode_steps: int = 1000
+    """Episode cap (Hopper-v5: 1000); a capped episode is a truncation, bootstrapped through."""
+    pop_size: int = 10
+    """GA population of the hybrid and of evolution alone (CERL: 10)."""
+    selection: str = "tournament"
+    """GA parent selection: tournament (CERL) or truncation (Deep GA)."""
+    tournament_size: int = 3
+    """Individuals per tournament (CERL: 3)."""
+    truncation: int = 3
+    """Parents are drawn from the top this many when selection is truncation."""
+    crossover_prob: float = 0.1
+    """Probability that a child is the crossover of two parents (rows of weight matrices, or latent coordinates)."""
+    fitness_episodes: int = 1
+    """Episodes per individual per generation (all individuals play the same reset seeds)."""
+    elite_candidates: int = 3
+    """Best individuals of a generation that compete for champion with the elite carried over, every learner actor and the previous champion."""
+    elite_episodes: int = 1
+    """Extra episodes per champion candidate, counted in the budget."""
+    report_episodes: int = 5
+    """Fresh episodes (champion_report seeds) that score every champion and the start networks; never used to select."""
+    mutation_action_change: float = 0.05
+    """Mutation strength of every genome, as in stage 4: one mutation moves the actions by this much (mean L2 over calibration states)."""
+    calibration_states: int = 256
+    """States of the stage-1 dataset on which mutation strengths are calibrated and migrants' encoding loss is measured."""
+    ae_form: str = "flat"
+    """Autoencoder form of latent genomes: flat (the paper) or token."""
+    best_layer: int = -1
+    """Layer of :best genomes; -1 takes the layer stage 2 compressed best."""
+    gammas: list[float] = field(default_factory=lambda: [0.99])
+    """Discount rate of each TD3 learner, the portfolio (CERL: 0.9, 0.99, 0.997, 0.9995)."""
+    learner_episodes: int = 5
+    """Learner exploration episodes per generation, shared out by the resource manager."""
+    resource_manager: str = "equal"
+    """How learner episodes are shared out: equal (round-robin) or ucb (CERL: UCB over the learners, roulette-wheel)."""
+    ucb_c: float = 0.9
+    """UCB exploration coefficient (CERL: 0.9)."""
+    critic_hidden: list[int] = field(default_factory=list)
+    """Hidden widths of the learners' critics; empty: those of the zoo's TD3 runs (needed to load their critics)."""
+    zoo_critics: bool = True
+    """Fine-tuning: start every learner's critic from the final critic of its test network's TD3 run (fresh when the file is missing)."""
+    batch_size: int = 256
+    """Transitions per TD3 update."""
+    buffer_size: int = 1_000_000
+    """Capacity of the shared replay buffer (CERL: 1e6)."""
+    learning_starts: int = 5_000
+    """Transitions the shared buffer must hold before the learners first update."""
+    updates_per_step: float = 1.0
+    """Gradient updates per learner per env step that reaches the buffer (CERL: 1)."""
+    learner_lr: float = 3e-4
+    """Adam learning rate of the learners' actors and critics (the zoo's TD3 runs: 3e-4; CERL: 1e-3)."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian noise on learner actions during their rollouts (clipped to [-1, 1])."""
+    warmup_noise: float = 1.0
+    """Exploration std while the buffer holds fewer than learning_starts transitions (stands in for the uniform random warm-up of TD3)."""
+    migration_every: int = 2
+    """Generations between two migrations of every learner actor into the population (CERL: 5)."""
+    probe_episodes: int = 3
+    """Fresh episodes (not counted) that score each migrant and its decoded latent code, to measure what the encoding loses."""
+    evolution_alone: str = "best"
+    """Evolution alone: best (stage 4's best method/genome by final IQM for that start; ga/weights if stage 4 did not run it) or a method/genome."""
+    return_levels: list[float] = field(default_factory=lambda: [1000.0, 2000.0, 3000.0])
+    """Returns whose first crossing (env steps) is reported."""
+    finetune_gain: float = 0.1
+    """Relative gain over the start network whose first crossing (env steps) is reported when fine-tuning."""
+    curve_points: int = 60
+    """Points of the common env-step grid on which curves are aligned and summarised."""
+    n_boot: int = 2000
+    """Bootstrap replicates of every confidence interval."""
+    jobs: int = 2
+    """Runs trained in parallel (one process, one torch thread and one physics thread each)."""
+    physics_threads: int = 0
+    """MuJoCo threads of evolution alone (one process); 0 uses every core."""
+    torch_threads: int = 1
+    """Torch threads of each run."""
+
+    def validate(self) -> None:
+        from .evolution import METHODS, SELECTIONS
+        from .genomes import parse_genome_name
+
+        self._positive("n_seeds", "budget_steps", "max_episode_steps", "pop_size", "tournament_size", "truncation",
+                       "fitness_episodes", "elite_candidates", "elite_episodes", "report_episodes", "mutation_action_change",
+                       "calibration_states", "gammas", "batch_size", "buffer_size", "migration_every", "return_levels",
+                       "finetune_gain", "curve_points", "n_boot", "jobs", "torch_threads", "learner_lr")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ParameterError(f"cerl_comparison: variants must list each run once, got {self.variants}")
+        for entry in self.variants:
+            kind, _, genome = entry.partition("/")
+            if entry in ("td3", "evolution"):
+                continue
+            if kind != "cerl" or not genome:
+                raise ParameterError(f"cerl_comparison: variant {entry!r} must be cerl/<genome>, td3 or evolution")
+            try:
+                parse_genome_name(genome)
+            except ValueError as exc:
+                raise ParameterError(f"cerl_comparison: variant {entry!r}: {exc}") from exc
+        if self.evolution_alone != "best":
+            method, _, genome = self.evolution_alone.partition("/")
+            try:
+                if method not in METHODS or not genome:
+                    raise ValueError(f"must be best or <method>/<genome> with method one of {METHODS}")
+                parse_genome_name(genome)
+            except ValueError as exc:
+                raise ParameterError(f"cerl_comparison: evolution_alone {self.evolution_alone!r}: {exc}") from exc
+        if not self.starts or any(s not in ("finetune", "scratch") for s in self.starts) or len(set(self.starts)) != len(self.starts):
+            raise ParameterError(f"cerl_comparison: starts must be a non-empty list of finetune and/or scratch, got {self.starts}")
+        if self.selection not in SELECTIONS:
+            raise ParameterError(f"cerl_comparison: selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.resource_manager not in ("equal", "ucb"):
+            raise ParameterError(f"cerl_comparison: resource_manager must be equal or ucb, got {self.resource_manager!r}")
+        if any(not 0.0 <= g <= 1.0 for g in self.gammas):
+            raise ParameterError(f"cerl_comparison: gammas must lie in [0, 1], got {self.gammas}")
+        if self.critic_hidden and any(h <= 0 for h in self.critic_hidden):
+            raise ParameterError(f"cerl_comparison: critic_hidden must be positive widths (or empty), got {self.critic_hidden}")
+        if self.pop_size < len(self.gammas) + 2:
+            raise ParameterError(f"cerl_comparison: pop_size must be at least the learners + 2 ({len(self.gammas) + 2}): "
+                                 "an elite, a child and one slot per migrant")
+        if self.truncation > self.pop_size or self.elite_candidates > self.pop_size:
+            raise ParameterError("cerl_comparison: truncation and elite_candidates must not exceed pop_size")
+        self._fraction("crossover_prob", closed_high=True)
+        for name in ("learner_episodes", "learning_starts", "probe_episodes", "physics_threads"):
+            if getattr(self, name) < 0:
+                raise ParameterError(f"cerl_comparison: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("ucb_c", "updates_per_step", "exploration_noise", "warmup_noise"):
+            if getattr(self, name) < 0:
+                raise ParameterError(f"cerl_comparison: {name} must be >= 0, got {getattr(self, name)}")
+        if self.ae_form not in ("flat", "token") or self.best_layer < -1:
+            raise ParameterError("cerl_comparison: ae_form must be flat or token, best_layer >= -1")
+        if "td3" in self.variants and self.learner_episodes == 0:
+            raise ParameterError("cerl_comparison: td3 alone needs learner_episodes > 0 to gather any data")
+        if self.n_seeds > 80:
+            raise ParameterError("cerl_comparison: at most 80 seeds (the evolution_fitness seed range holds 80 replicate blocks)")
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     """Short name used on the command line (``--only data``)."""
@@ -425,7 +636,9 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_data", DataParams),
     Stage("layer_autoencoders", "02_layer_autoencoders", LayerAEParams, upstream=("data",)),
+    Stage("decoded_evaluation", "03_decoded_evaluation", DecodedEvalParams, upstream=("data", "layer_autoencoders")),
     Stage("latent_evolution", "04_latent_evolution", LatentEvolutionParams, upstream=("data", "layer_autoencoders")),
+    Stage("cerl_comparison", "05_cerl_comparison", CERLParams, upstream=("data", "layer_autoencoders", "latent_evolution")),
 )
 STAGES_BY_NAME = {s.name: s for s in STAGES}
 

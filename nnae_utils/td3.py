@@ -7,18 +7,18 @@ in one place as CleanRL writes it.
 
 What a run leaves in ``run_dir``:
 
-=============================  ===============================================================
-``curve.csv``                  one row per evaluation: step, return_mean, return_std, episodes
-                               (evaluation episodes), wall_s (since the run started, all sessions,
-                               evaluations included), updates_per_s (gradient updates per second of
-                               sampling + update time since the previous row), train_episodes,
-                               updates and update_time_s (cumulative)
-``snapshots/step_NNNNNNN.safetensors``  the actor at each evaluation, in the network format
-``checkpoint.pt``              learner state, counters, RNG states, env state (``weights_only``)
-``buffer.npz``                 the replay buffer
-``provenance.json``            config, versions, times, core-seconds, buffer refills
-``critic.safetensors``         the final twin critic (written when the run finishes)
-=============================  ===============================================================
+=======================================  ===============================================================
+``curve.csv``                            one row per evaluation: step, return_mean, return_std, episodes
+                                         (evaluation episodes), wall_s (since the run started, all sessions,
+                                         evaluations included), updates_per_s (gradient updates per second of
+                                         sampling + update time since the previous row), train_episodes,
+                                         updates and update_time_s (cumulative)
+``snapshots/step_NNNNNNN.safetensors``   the actor at each evaluation, in the network format
+``checkpoint.pt``                        learner state, counters, RNG states, env state (``weights_only``)
+``buffer.npz``                           the replay buffer
+``provenance.json``                      config, versions, times, core-seconds, buffer refills
+``critic.safetensors``                   the final twin critic (written when the run finishes)
+=======================================  ===============================================================
 
 Determinism: every source of randomness is explicit. Torch (initialisation, target-policy noise)
 is seeded with ``torch.manual_seed(cfg.seed)``; one ``numpy.random.Generator`` draws the warm-up

@@ -18,14 +18,7 @@ def cli(*args, cwd=PROJECT_ROOT, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke")
-    start = time.time()
-    proc = cli("--profile", "smoke", "--run-dir", str(run_dir))
-    elapsed = time.time() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return run_dir, elapsed, proc
+# smoke_run and smoke_book: session fixtures in tests/conftest.py, shared with tests/test_book_browser.py
 
 
 @pytest.mark.slow
@@ -70,11 +63,9 @@ def test_a_failing_stage_names_notebook_and_cell_and_keeps_earlier_artifacts(smo
 
 
 @pytest.mark.slow
-def test_book_builds_from_smoke_outputs_with_warnings_as_errors(smoke_run):
-    run_dir, _, _ = smoke_run
-    proc = cli("--profile", "smoke", "--run-dir", str(run_dir), "--book-only")
+def test_book_builds_from_smoke_outputs_with_warnings_as_errors(smoke_book):
+    html, _, proc = smoke_book
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    html = run_dir / "_build" / "html"
     for page in ["index.html", "book/intro.html", "notebooks/01_data.html", "book/network_format.html",
                  "book/reproduce.html", "book/bibliography.html"]:
         assert (html / page).is_file(), page

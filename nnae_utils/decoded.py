@@ -1,0 +1,537 @@
+"""Decoded networks deployed in Hopper: paired scores of input and decoded networks, and retention.
+
+A low functional loss is only a proxy. This module puts the decoded networks where the paper puts
+them, in the environment, and compares their returns with their input networks' returns:
+
+1. :class:`Variant`: one way of decoding a network, a code per replaced layer (one layer alone, the
+   paper's per-layer test, or every layer together), with its encoder form, loss variant, latent
+   size and compression ratio. :func:`stage2_variants` reads every variant stage 2 trained (main
+   autoencoders, latent-size sweep, loss ablation, PCA baseline); :class:`IdentityCode` is the
+   control that must give a retention of exactly 1.
+2. :func:`decode_jobs`: the decoded networks, built with :func:`nnae_utils.autoencoders.decode_network`.
+3. :func:`score_paired`: ONE call of :func:`nnae_utils.rollouts.evaluate` for the input networks and
+   every decoded network stacked in one population, all on the same reset seeds (``seeds`` is 1-D,
+   so every policy plays exactly the same initial states: the comparison is paired).
+4. :func:`retention_table`: per group (layer, split, form, ...) the mean input return, the mean
+   decoded return, the retention ``mean(decoded) / mean(input)`` with a 95% bootstrap interval over
+   networks (paired: a replicate draws networks, each with its input and its decoded score; see
+   :func:`nnae_utils.stats.ratio_interval`), and how well the episode count resolves a difference.
+5. :func:`write_decoded`: every scored decoded network in the suite's network format, with an
+   ``index.json`` naming its source network, compressed layer(s), form, loss, latent size,
+   compression ratio and return.
+
+How many episodes? The networks are deterministic, so the only noise in a network's score is the
+reset seed. For a group of ``N`` networks, the paired difference ``d_pe = decoded_pe - input_pe`` has a
+within-network variance ``s_p^2`` over episodes, and the episode noise of the group's mean difference
+has standard error ``SE = sqrt(sum_p s_p^2 / E) / N``. A relative difference ``r`` is resolved at 95%
+when ``1.96 * SE / mean(input) <= r``; :func:`episodes_needed` turns the measured ``s_p`` into the
+smallest ``E`` that achieves it.
+
+Example:
+    >>> from nnae_utils.policies import Network, NetworkSpec
+    >>> net = Network.random(NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8)), seed=0)
+    >>> ident = identity_variant(net.spec, [1])
+    >>> jobs = decode_jobs({"test": [("n0", net)]}, [ident], {ident.name: ["test"]})
+    >>> scores = score_paired([net], [j.network for j in jobs], seeds=[4_000_000, 4_000_001], max_steps=20, nthread=1)
+    >>> bool((scores.decoded_returns == scores.input_returns).all())   # same network, same seeds
+    True
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import autoencoders as ae
+from .policies import Network, NetworkSpec, save_network, write_index
+from .rollouts import evaluate
+from .stats import ratio_interval
+
+KINDS = ("autoencoder", "pca", "identity")
+ROLES = ("main", "main_all", "sweep", "ablation", "pca", "pca_all", "identity")
+"""Why a variant is scored: the main autoencoders per layer (``main``) and all layers together
+(``main_all``), the latent-size ``sweep``, the loss ``ablation``, the ``pca`` baseline per layer and
+all layers together (``pca_all``), and the ``identity`` control."""
+Z95 = 1.959963984540054
+
+
+# --------------------------------------------------------------------------- the identity control
+
+
+class IdentityCode:
+    """A "code" that keeps a layer exactly (latent = the layer vector): the control of the pairing.
+
+    A network decoded with it is bit-for-bit its input, so on the same seeds it must score exactly
+    the same, and its retention must be exactly 1.
+
+    Example:
+        >>> from nnae_utils.policies import NetworkSpec, Network
+        >>> net = Network.random(NetworkSpec(11, 3, (8,)), seed=1)
+        >>> code = IdentityCode(net.spec, 0)
+        >>> w, b = code.decode(code.encode(net))
+        >>> bool((w == net.layer(0)[0]).all()), code.compression_ratio
+        (True, 1.0)
+    """
+
+    def __init__(self, spec: NetworkSpec, layer: int, form: str = "flat"):
+        self.spec, self.layer, self.form = spec, int(layer), form
+        self.n_out, self.n_in = ae.layer_shape(spec, layer)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.n_out * (self.n_in + 1)
+
+    @property
+    def compression_ratio(self) -> float:
+        return 1.0
+
+    def encode(self, x: Any) -> np.ndarray:
+        w, b, single = ae._as_layer_weights(x, self.spec, self.layer)
+        z = np.concatenate([w.reshape(len(w), -1), b], axis=1).astype(np.float32)
+        return z[0] if single else z
+
+    def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, b = ae.split_layer_vector(np.asarray(z, np.float32), self.n_out, self.n_in)
+        return w.copy(), b.copy()
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def latent_per_unit(code: Any) -> int:
+    """The latent size a code was configured with: per layer (flat) or per neuron token (token)."""
+    if hasattr(code, "config"):
+        return int(code.config.latent)
+    if hasattr(code, "k"):
+        return int(code.k)
+    return int(code.latent_dim)
+
+
+@dataclass
+class Variant:
+    """One way of decoding a network: one code per replaced layer, the rest of the network kept."""
+
+    name: str
+    """Unique, file-name safe, e.g. ``autoencoder-flat-functional-k76-L0``."""
+    kind: str
+    """``autoencoder``, ``pca`` or ``identity``."""
+    form: str
+    """Encoder form: ``flat`` or ``token``."""
+    loss: str
+    """Training loss of the autoencoder (functional, weights, both, dagger), or ``pca`` / ``identity``."""
+    codes: dict[int, Any] = field(repr=False)
+    """{layer: code}: the layers this variant replaces."""
+    roles: set[str] = field(default_factory=set)
+    """Why it is scored (see :data:`ROLES`)."""
+    checkpoints: dict[int, str] = field(default_factory=dict)
+    """{layer: checkpoint path relative to the stage-2 folder}."""
+
+    @property
+    def spec(self) -> NetworkSpec:
+        return next(iter(self.codes.values())).spec
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.codes))
+
+    @property
+    def layer_label(self) -> str:
+        """``'0'`` for one layer, ``'all'`` for every layer of the network, ``'0+2'`` otherwise."""
+        if len(self.layers) == self.spec.n_layers and len(self.layers) > 1:
+            return "all"
+        return "+".join(str(i) for i in self.layers)
+
+    @property
+    def latent(self) -> dict[int, int]:
+        """{layer: latent size per unit}: per layer (flat) or per neuron token (token)."""
+        return {i: latent_per_unit(self.codes[i]) for i in self.layers}
+
+    @property
+    def latent_dim(self) -> int:
+        """Numbers in one network's code of the replaced layers."""
+        return int(sum(self.codes[i].latent_dim for i in self.layers))
+
+    @property
+    def n_params(self) -> int:
+        """Weights and biases of the replaced layers."""
+        return int(sum(self.spec.layer_param_count(i) for i in self.layers))
+
+    @property
+    def compression_ratio(self) -> float:
+        """Parameters of the replaced layers per latent dimension."""
+        return self.n_params / self.latent_dim
+
+    def describe(self) -> dict[str, Any]:
+        """The variant's columns of the score table and of ``index.json``."""
+        lat = self.latent
+        return {
+            "variant": self.name, "kind": self.kind, "form": self.form, "loss": self.loss,
+            "layers": self.layer_label, "compressed_layers": list(self.layers),
+            "latent": lat[self.layers[0]] if len(lat) == 1 else "+".join(str(v) for v in lat.values()),
+            "latent_per_layer": {str(k): v for k, v in lat.items()}, "latent_dim": self.latent_dim,
+            "compression_ratio": self.compression_ratio, "roles": sorted(self.roles),
+        }
+
+
+def _variant_name(kind: str, form: str, loss: str, latent: Mapping[int, int], label: str) -> str:
+    return f"{kind}-{form}-{loss}-k{'+'.join(str(v) for v in latent.values())}-L{label}"
+
+
+def make_variant(kind: str, form: str, loss: str, codes: Mapping[int, Any], roles: Iterable[str],
+                 checkpoints: Mapping[int, str] | None = None) -> Variant:
+    """A :class:`Variant` named from its parts."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    bad = set(roles) - set(ROLES)
+    if bad:
+        raise ValueError(f"unknown role(s) {sorted(bad)}; roles: {ROLES}")
+    v = Variant("", kind, form, loss, dict(sorted(codes.items())), set(roles), dict(checkpoints or {}))
+    v.name = _variant_name(kind, form, loss, v.latent, v.layer_label)
+    return v
+
+
+def identity_variant(spec: NetworkSpec, layers: Sequence[int] | None = None) -> Variant:
+    """The control: the given layers (default: all) replaced by themselves."""
+    layers = range(spec.n_layers) if layers is None else layers
+    return make_variant("identity", "flat", "identity", {i: IdentityCode(spec, i) for i in layers}, {"identity"})
+
+
+def _roles_of(text: str) -> set[str]:
+    return set(ast.literal_eval(text)) if isinstance(text, str) else set(text)
+
+
+def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: bool = True, pca: bool = True) -> list[Variant]:
+    """Every decoding variant stage 2 trained, each once, with all of its roles.
+
+    - ``main``: the main autoencoders (:func:`~nnae_utils.autoencoders.load_layer_codes`), each layer
+      alone, both forms; ``main_all``: all layers together;
+    - ``sweep``: the functional-loss autoencoders of the latent-size sweep (``models.csv``), each layer alone;
+    - ``ablation``: the same layer and latent size trained with the other losses;
+    - ``pca``: the per-layer PCA at every latent size stage 2 evaluated (``pca.csv``); ``pca_all``: all
+      layers together at the main latent sizes.
+
+    A model that plays several roles (the main autoencoder is also the sweep's and the ablation's
+    functional entry) is one variant with several roles.
+    """
+    stage2_dir = Path(stage2_dir)
+    models_csv = stage2_dir / "models.csv"
+    if not models_csv.is_file():
+        raise FileNotFoundError(f"stage 2 folder {stage2_dir} has no models.csv")
+    models = pd.read_csv(models_csv)
+    variants: dict[str, Variant] = {}
+
+    def add(v: Variant) -> None:
+        if v.name in variants:
+            variants[v.name].roles |= v.roles
+        else:
+            variants[v.name] = v
+
+    for form in ae.FORMS:
+        codes = ae.load_layer_codes(stage2_dir, form=form)
+        ckpt = {i: f"autoencoders/layer{i}_{form}.safetensors" for i in codes}
+        for i, code in codes.items():
+            row = models[models["checkpoint"] == ckpt[i]]
+            extra = (_roles_of(row["roles"].iloc[0]) & {"sweep", "ablation"}) if len(row) else set()
+            add(make_variant("autoencoder", form, code.config.loss, {i: code}, {"main"} | extra, {i: ckpt[i]}))
+        add(make_variant("autoencoder", form, "functional", codes, {"main_all"}, ckpt))
+    wanted = {"sweep"} if sweep else set()
+    wanted |= {"ablation"} if ablation else set()
+    for row in models.itertuples():
+        roles = _roles_of(row.roles) & wanted
+        if not roles or "main" in _roles_of(row.roles):
+            continue  # main autoencoders are already in, with their roles
+        code = ae.load_layer_autoencoder(stage2_dir / row.checkpoint)
+        add(make_variant("autoencoder", code.form, code.config.loss, {code.layer: code}, roles, {code.layer: row.checkpoint}))
+    if pca:
+        table = pd.read_csv(stage2_dir / "pca.csv")
+        for form in ae.FORMS:
+            bases = ae.load_layer_codes(stage2_dir, form=form, kind="pca")
+            ckpt = {i: f"pca/layer{i}_{form}.safetensors" for i in bases}
+            for row in table[table["form"] == form].itertuples():
+                layer = int(row.layer)
+                add(make_variant("pca", form, "pca", {layer: bases[layer].with_k(int(row.latent))}, {"pca"},
+                                 {layer: ckpt[layer]}))
+            add(make_variant("pca", form, "pca", bases, {"pca_all"}, ckpt))
+    return list(variants.values())
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class DecodeJob:
+    """One decoded network: a source network of a split, decoded by one variant."""
+
+    source_id: str
+    split: str
+    variant: Variant
+    network: Network
+
+    @property
+    def id(self) -> str:
+        """File name stem of the decoded network: ``<source id>__<variant name>``."""
+        return f"{self.source_id}__{self.variant.name}"
+
+
+def decode_jobs(networks: Mapping[str, Sequence[tuple[str, Network]]], variants: Sequence[Variant],
+                splits_of: Mapping[str, Sequence[str]]) -> list[DecodeJob]:
+    """Decode the networks of the splits ``splits_of[variant.name]`` with each variant.
+
+    ``networks``: {split: [(id, network), ...]}. Every layer of a variant is encoded from the
+    *input* network's own layer (:func:`~nnae_utils.autoencoders.decode_network`).
+    """
+    jobs = []
+    for v in variants:
+        for split in splits_of.get(v.name, ()):
+            for source_id, net in networks.get(split, ()):
+                dec = ae.decode_network(net, v.codes)
+                dec.extra_metadata.update({"source_network": source_id, "variant": v.name})
+                jobs.append(DecodeJob(source_id, split, v, dec))
+    return jobs
+
+
+def splits_for(variants: Sequence[Variant], *, splits: Sequence[str], extra_splits: Sequence[str],
+               identity_splits: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Which splits each variant is scored on: the main roles on ``splits``, the identity control
+    on ``identity_splits``, the sweep, ablation and PCA roles on ``extra_splits``."""
+    out = {}
+    for v in variants:
+        chosen: list[str] = []
+        if v.roles & {"main", "main_all"}:
+            chosen += list(splits)
+        if v.roles & {"sweep", "ablation", "pca", "pca_all"}:
+            chosen += list(extra_splits)
+        if "identity" in v.roles:
+            chosen += list(identity_splits)
+        out[v.name] = list(dict.fromkeys(chosen))
+    return out
+
+
+# --------------------------------------------------------------------------- paired scores
+
+
+@dataclass
+class PairedScores:
+    """Per-episode returns of input and decoded networks, all on the same reset seeds."""
+
+    seeds: np.ndarray
+    """(E,) the reset seeds every policy played, in order."""
+    input_returns: np.ndarray
+    """(N, E) input networks."""
+    input_lengths: np.ndarray
+    decoded_returns: np.ndarray
+    """(M, E) decoded networks, in the order they were given."""
+    decoded_lengths: np.ndarray
+    env_steps: int
+    wall_seconds: float
+
+
+def score_paired(inputs: Sequence[Network], decoded: Sequence[Network], seeds: Sequence[int] | np.ndarray, *,
+                 max_steps: int = 1000, nthread: int | None = None, progress: bool = False) -> PairedScores:
+    """Score input and decoded networks in ONE batched :func:`~nnae_utils.rollouts.evaluate` call.
+
+    ``seeds`` is one list shared by every policy of the population: episode ``e`` of every input
+    and every decoded network starts from the same initial state. Deterministic actions, no noise.
+    """
+    import time
+
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.ndim != 1 or len(seeds) == 0:
+        raise ValueError(f"seeds must be a non-empty 1-D list shared by every network, got shape {seeds.shape}")
+    population = [*inputs, *decoded]
+    start = time.perf_counter()
+    res = evaluate(population, seeds, max_steps=max_steps, nthread=nthread, progress=progress)
+    wall = time.perf_counter() - start
+    n = len(inputs)
+    return PairedScores(seeds, res.returns[:n], res.lengths[:n], res.returns[n:], res.lengths[n:], res.env_steps, wall)
+
+
+def input_trajectories(inputs: Sequence[Network], seed: int, *, max_steps: int = 1000, nthread: int | None = None) -> list[np.ndarray]:
+    """The observations each input network acts on in one episode (reset seed ``seed``)."""
+    res = evaluate(list(inputs), [int(seed)], max_steps=max_steps, nthread=nthread, record="observations")
+    owner = res.observation_owner[:, 0]
+    return [res.observations[owner == p] for p in range(len(inputs))]
+
+
+def action_distance(a: Network, b: Network, states: np.ndarray) -> float:
+    """Mean over states of the L2 distance between two networks' actions (the functional loss's measure)."""
+    if len(states) == 0:
+        return float("nan")
+    return float(np.linalg.norm(a.act(states).astype(np.float64) - b.act(states), axis=-1).mean())
+
+
+def score_frame(jobs: Sequence[DecodeJob], inputs: Mapping[str, int], scores: PairedScores,
+                trajectories: Sequence[np.ndarray] | None = None, input_networks: Sequence[Network] | None = None) -> pd.DataFrame:
+    """One row per decoded network: its variant's columns, its source's and its own returns.
+
+    ``inputs``: {source id: row of ``scores.input_returns``}. ``input_episodes`` and
+    ``decoded_episodes`` hold the per-episode returns (arrays), for :func:`retention_table`.
+    With ``trajectories`` (one array of states per input row) and ``input_networks``, the column
+    ``action_distance`` is the mean L2 action distance on the input network's own states.
+    """
+    rows = []
+    for k, job in enumerate(jobs):
+        i = inputs[job.source_id]
+        inp, dec = scores.input_returns[i], scores.decoded_returns[k]
+        row = {
+            "id": job.id, "source_network": job.source_id, "split": job.split, **job.variant.describe(),
+            "input_return": float(inp.mean()), "decoded_return": float(dec.mean()),
+            "input_return_std": float(inp.std()), "decoded_return_std": float(dec.std()),
+            "input_length": float(scores.input_lengths[i].mean()), "decoded_length": float(scores.decoded_lengths[k].mean()),
+            "input_episodes": inp, "decoded_episodes": dec,
+        }
+        if trajectories is not None and input_networks is not None:
+            row["action_distance"] = action_distance(input_networks[i], job.network, trajectories[i])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def episode_noise(input_episodes: np.ndarray, decoded_episodes: np.ndarray) -> tuple[float, float]:
+    """(standard error of the group's mean paired difference due to episode noise, mean input return).
+
+    ``SE = sqrt(sum_p s_p^2 / E) / N``, ``s_p^2`` the variance over episodes of network p's paired differences.
+    """
+    x, y = np.asarray(input_episodes, float), np.asarray(decoded_episodes, float)
+    n, e = x.shape
+    if e < 2:
+        return float("nan"), float(x.mean())
+    s2 = (y - x).var(axis=1, ddof=1)
+    return float(math.sqrt(s2.sum() / e) / n), float(x.mean())
+
+
+def episodes_needed(se: float, mean_input: float, episodes: int, resolution: float, z: float = Z95) -> int:
+    """Smallest episode count at which ``z * SE / mean_input <= resolution`` (SE scales as 1/sqrt(E)).
+
+    Example:
+        >>> episodes_needed(se=2.0, mean_input=100.0, episodes=10, resolution=0.02)   # 1.96 * 2% = 3.9% > 2%: need more
+        39
+    """
+    if not (mean_input > 0 and np.isfinite(se)):
+        return -1
+    rel = z * se / mean_input
+    return max(1, int(math.ceil(episodes * (rel / resolution) ** 2 - 1e-9)))
+
+
+def retention_table(frame: pd.DataFrame, by: Sequence[str], *, n_boot: int = 2000, confidence: float = 0.95,
+                    seed: int = 0, resolution: float = 0.02) -> pd.DataFrame:
+    """Retention of each group of ``frame`` (rows of :func:`score_frame`), one row per group.
+
+    Columns: ``n_networks``, ``input_mean``, ``decoded_mean``, ``retention`` (= decoded_mean /
+    input_mean, the ratio of mean returns), ``low``, ``high`` (its bootstrap interval over networks,
+    paired), ``compression_ratio``, ``rel_se`` (episode noise of the mean difference, relative to
+    input_mean), ``episodes``, ``episodes_needed`` (to resolve ``resolution`` at 95%), ``resolved``.
+    """
+    rows = []
+    for key, g in frame.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        x, y = g["input_return"].to_numpy(float), g["decoded_return"].to_numpy(float)
+        ci = ratio_interval(y, x, "mean", n_boot=n_boot, confidence=confidence, seed=seed)
+        xe, ye = np.stack(g["input_episodes"].to_list()), np.stack(g["decoded_episodes"].to_list())
+        se, mean_in = episode_noise(xe, ye)
+        e = xe.shape[1]
+        need = episodes_needed(se, mean_in, e, resolution)
+        row = dict(zip(by, key))
+        row.update({
+            "n_networks": len(g), "input_mean": float(x.mean()), "decoded_mean": float(y.mean()),
+            "retention": ci.point, "low": ci.low, "high": ci.high,
+            "compression_ratio": float(g["compression_ratio"].iloc[0]) if g["compression_ratio"].nunique() == 1 else float("nan"),
+            "rel_se": se / mean_in if mean_in > 0 else float("nan"), "episodes": e, "episodes_needed": need,
+            "resolved": bool(0 < need <= e),
+        })
+        if "action_distance" in g:
+            row["action_distance"] = float(g["action_distance"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def highest_ratio_kept(ratios: Sequence[float], retentions: Sequence[float], threshold: float) -> dict[str, float | None]:
+    """The highest compression ratio whose retention reaches ``threshold``.
+
+    ``stays``: the highest ratio r such that every tested ratio <= r reaches it (retention *stays*
+    above the level up to r); ``any``: the highest tested ratio that reaches it, whatever lies below.
+    Either is None when no ratio qualifies.
+
+    Example:
+        >>> highest_ratio_kept([4, 10, 32, 100], [0.99, 0.985, 0.95, 0.99], 0.98)
+        {'stays': 10.0, 'any': 100.0}
+    """
+    order = np.argsort(np.asarray(ratios, float))
+    r, ret = np.asarray(ratios, float)[order], np.asarray(retentions, float)[order]
+    ok = ret >= threshold
+    stays = None
+    for ri, oki in zip(r, ok):
+        if not oki:
+            break
+        stays = float(ri)
+    return {"stays": stays, "any": float(r[ok].max()) if ok.any() else None}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_decoded(directory: str | Path, jobs: Sequence[DecodeJob], frame: pd.DataFrame, *, seeds: Sequence[int],
+                  provenance: Mapping[str, Any]) -> Path:
+    """Write every scored decoded network (network format) and ``index.json``.
+
+    A record names the source network, its split, the compressed layer(s), the encoder form, the
+    loss variant, the latent size (per layer), latent dim and compression ratio, the return on the
+    paired ``decoded_report`` seeds with its std, episode count and seeds, the input network's return
+    on the same seeds, and the provenance (stage, checkpoints, roles).
+    """
+    directory = Path(directory)
+    by_id = frame.set_index("id")
+    records = []
+    for job in jobs:
+        row = by_id.loc[job.id]
+        save_network(directory / f"{job.id}.safetensors", job.network)
+        v = job.variant
+        records.append({
+            "id": job.id,
+            "source_network": job.source_id,
+            "split": job.split,
+            "compressed_layers": list(v.layers),
+            "encoder_form": v.form,
+            "kind": v.kind,
+            "loss_variant": v.loss,
+            "latent_size": v.latent[v.layers[0]] if len(v.layers) == 1 else {str(k): x for k, x in v.latent.items()},
+            "latent_dim": v.latent_dim,
+            "compression_ratio": v.compression_ratio,
+            "return_mean": float(row["decoded_return"]),
+            "return_std": float(row["decoded_return_std"]),
+            "episodes": int(len(seeds)),
+            "eval_seeds": [int(s) for s in seeds],
+            "episode_returns": [round(float(r), 3) for r in row["decoded_episodes"]],
+            "input_return_mean": float(row["input_return"]),
+            "retention": float(row["decoded_return"] / row["input_return"]) if row["input_return"] > 0 else None,
+            "provenance": {**dict(provenance), "variant": v.name, "roles": sorted(v.roles),
+                           "checkpoints": {str(k): p for k, p in v.checkpoints.items()}},
+        })
+    return write_index(directory, records)
+
+
+def json_ready(obj: Any) -> Any:
+    """Floats rounded for summary.json, NaN as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else round(float(obj), 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(json_ready(obj), indent=1)
