@@ -278,14 +278,30 @@ OFFLINE_ASSETS = (
 """What the book serves instead of CDNs: MathJax 3, require.js, and the widget manager of ipywidgets 8
 with its icon fonts. Copied at assembly time from ``book_assets/node_modules`` (never committed)."""
 
-WIDGETS_BASEURL_JS = """\
-// Written by nnae_utils.pipeline.assemble_book. Points require.js' baseUrl at the folder of this file
-// (_static/offline/). @jupyter-widgets/html-manager derives the URL of its icon fonts from its AMD
-// module's URL, which require.js resolves against baseUrl: without this line the fonts would be
-// fetched relative to each page, and miss.
+WIDGETS_SETUP_JS = """\
+// Written by nnae_utils.pipeline.assemble_book; loaded between require.js and the widget manager.
+// 1. Points require.js' baseUrl at the folder of this file (_static/offline/): the widget manager
+//    derives the URL of its icon fonts from its AMD modules' URLs, which require.js resolves against
+//    baseUrl; without this they would be fetched relative to each page, and miss.
+// 2. Jupyter widgets typeset their labels with MathJax 2's API (MathJax.Hub.Queue); the book loads
+//    MathJax 3, which has no Hub, so every widget with a label would throw. The shim hands the
+//    label to MathJax 3 instead. (The widgets render on "load", after this DOMContentLoaded hook.)
 (function () {
   var src = document.currentScript.src;
   require.config({ baseUrl: src.slice(0, src.lastIndexOf("/") + 1) });
+  document.addEventListener("DOMContentLoaded", function () {
+    var mj = window.MathJax;
+    if (!mj || mj.Hub) return;
+    mj.Hub = {
+      Queue: function (job) {
+        var element = Array.isArray(job) ? job[2] : null;
+        var ready = (mj.startup && mj.startup.promise) || Promise.resolve();
+        ready.then(function () {
+          if (mj.typesetPromise) return mj.typesetPromise(element ? [element] : undefined);
+        }).catch(function (err) { console.warn("MathJax could not typeset a widget label:", err); });
+      },
+    };
+  });
 })();
 """
 
@@ -411,7 +427,8 @@ def profile_of_run(run_dir: Path) -> str | None:
     for name in preferred + [p for p in list_profiles() if p not in preferred]:
         try:
             params = resolve_params(load_profile(name), {}, run_dir)
-        except (ParameterError, MissingInputError):
+        except Exception as exc:  # a profile this machine cannot resolve is not the run's profile
+            log.debug("profile %s does not resolve: %s", name, exc)
             continue
         if all(comparable(json.loads(json.dumps(params[n].to_dict()))) == comparable(rec["params"])
                for n, rec in records.items()):
@@ -466,10 +483,15 @@ def _profile_note(run_dir: Path, profile: str | None) -> str:
                 "parameters that match none of the profiles (`-p` overrides, or stages run with different "
                 "profiles); each chapter shows the parameters it ran with. Every number below is pasted from "
                 "the chapter that computed it.\n:::")
-    description = " ".join(load_profile(profile).description.split())
+    description = _plain(load_profile(profile).description)
     kind = "warning" if profile == "smoke" else "note"
     return (f":::{{{kind}}}\nThis book shows a run of the **`{profile}`** profile: {description} Every number "
             "below is pasted from the chapter that computed it.\n:::")
+
+
+def _plain(text: str) -> str:
+    """Free text as one Markdown line whose ``--`` stays two hyphens (smart quotes would make it a dash)."""
+    return " ".join(text.split()).replace("--", r"\-\-").replace("|", r"\|")
 
 
 def stage_map_markdown(status: Mapping[str, str]) -> str:
@@ -520,7 +542,7 @@ def profiles_table() -> str:
     for name in list_profiles():
         prof = load_profile(name)
         note = "" if prof.run_here else " **Not run on this kind of machine.**"
-        rows.append(f"| `{name}` | {' '.join(prof.description.split())}{note} |")
+        rows.append(f"| `{name}` | {_plain(prof.description)}{note} |")
     return "\n".join(rows) + "\n"
 
 
@@ -566,7 +588,7 @@ def copy_offline_assets(destination: Path) -> None:
             shutil.copy2(source, out)
         meta = json.loads((NODE_MODULES / package / "package.json").read_text())
         notice.append(f"{package} {meta['version']} ({meta.get('license', '?')}): {target}/")
-    (destination / "widgets-baseurl.js").write_text(WIDGETS_BASEURL_JS)
+    (destination / "widgets-setup.js").write_text(WIDGETS_SETUP_JS)
     (destination / "NOTICE.txt").write_text("\n".join(notice) + "\n")
 
 

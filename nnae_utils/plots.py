@@ -397,7 +397,8 @@ def migration_loss(migrations: pd.DataFrame, *, mutation_change: float | None = 
     if len(probed):
         for label in labels:
             d = probed[probed["label"] == label]
-            ax.scatter(d["actor_return"], d["decoded_return"], s=18, alpha=0.7, color=palette[label], label=label)
+            if len(d):
+                ax.scatter(d["actor_return"], d["decoded_return"], s=18, alpha=0.7, color=palette[label], label=label)
         lo = float(min(probed["actor_return"].min(), probed["decoded_return"].min()))
         hi = float(max(probed["actor_return"].max(), probed["decoded_return"].max()))
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls=":")
@@ -429,6 +430,6 @@ def champion_sources(shares: pd.DataFrame):
             left += sub[source].to_numpy()
         ax.invert_yaxis()
         ax.set(xlim=(0, 1), xlabel="share of generations", title=START_TITLES[start])
-        ax.legend(fontsize=8, loc="lower right")
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="champion from")
     fig.tight_layout()
     return fig

@@ -40,8 +40,6 @@ Example:
 from __future__ import annotations
 
 import os
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,9 +53,6 @@ HOPPER_ENV_ID = "Hopper-v5"
 SUPPORTED_ENV_IDS = (HOPPER_ENV_ID,)  # envs the batched backend implements
 BACKENDS = ("batched", "gymnasium")
 RECORD_MODES = (None, "observations", "transitions")
-_OVERLAP = True  # overlap physics and numpy work (benchmarks switch it off to measure its effect)
-_ENGINE = "pool"  # "pool" | "rows", see BatchedHopper (benchmarks compare them)
-_MIN_SPLIT = 4  # fewer active envs than this: not worth a thread hand-off
 
 
 @dataclass(frozen=True)
@@ -85,8 +80,6 @@ HOPPER = HopperV5()
 
 def hopper_xml_path() -> Path:
     """gymnasium's own hopper.xml, so that our model is the one ``gymnasium.make`` builds."""
-    import gymnasium.envs.mujoco  # noqa: F401  (only to locate the installed package)
-
     import gymnasium
 
     return Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / HOPPER.xml_file
@@ -160,18 +153,9 @@ class BatchedHopper:
         self.nthread = (os.cpu_count() or 1) if nthread is None else int(nthread)
         self.model = m = hopper_model()
         # One state row per env, holding mjSTATE_INTEGRATION (qpos, qvel, ctrl, qacc_warmstart, ...):
-        # exactly what a long-lived gymnasium MjData carries from one step to the next.
-        # Threads: either mujoco.batch's own pool ("pool"), or ("rows") one single-threaded Batch per
-        # thread, the rows of a step's envs copied into the helpers and back (a row is the whole
-        # simulation state, so this is exact), stepped from Python threads that block, not spin.
-        self.engine = _ENGINE if self.nthread > 1 else "pool"
-        pool_threads = self.nthread if self.engine == "pool" else 1
-        self.batch = mujoco.batch.Batch(m, self.n, nthread=pool_threads)
-        self._helpers, self._threads = [], None
-        if self.engine == "rows":
-            self._helpers = [mujoco.batch.Batch(m, self.n, nthread=1) for _ in range(self.nthread - 1)]
-            self._threads = ThreadPoolExecutor(self.nthread - 1, thread_name_prefix="hopper-physics")
-            weakref.finalize(self, self._threads.shutdown, wait=False)
+        # exactly what a long-lived gymnasium MjData carries from one step to the next. Batch steps
+        # the rows on its own C++ thread pool; results are bit-identical at any thread count.
+        self.batch = mujoco.batch.Batch(m, self.n, nthread=self.nthread)
         state = self.batch.state
         q0 = _state_offset(m, mujoco.mjtState.mjSTATE_QPOS)
         c0 = _state_offset(m, mujoco.mjtState.mjSTATE_CTRL)
@@ -223,7 +207,7 @@ class BatchedHopper:
         if actions.shape != (len(x_before), HOPPER.act_dim):
             raise ValueError(f"actions must have shape ({len(x_before)}, {HOPPER.act_dim}), got {actions.shape}")
         self.ctrl[idx] = actions
-        self._advance(np.arange(self.n, dtype=np.int32) if ids is None else idx.astype(np.int32))
+        self.batch.step(None if ids is None else idx.astype(np.int32), nstep=HOPPER.frame_skip)
         qv = self._qv[idx]
         x_velocity = (qv[:, 0] - x_before) / self.dt
         healthy = _healthy(qv)
@@ -233,23 +217,6 @@ class BatchedHopper:
         reward = (HOPPER.forward_reward_weight * x_velocity + healthy * HOPPER.healthy_reward) - ctrl_cost
         return _observations(qv), reward, ~healthy
 
-
-    def _advance(self, ids: np.ndarray) -> None:
-        """mj_step(m, d, nstep=4) for every env in ids (sorted int32)."""
-        if not self._helpers or len(ids) < 2:
-            self.batch.step(ids if len(ids) < self.n else None, nstep=HOPPER.frame_skip)
-            return
-        chunks = np.array_split(ids, len(self._helpers) + 1)
-        futures = [self._threads.submit(self._advance_on, h, c) for h, c in zip(self._helpers, chunks[1:])]
-        self.batch.step(chunks[0], nstep=HOPPER.frame_skip)
-        for f in futures:
-            f.result()
-
-    def _advance_on(self, helper, ids: np.ndarray) -> None:
-        k = len(ids)
-        helper.state[:k] = self.batch.state[ids]
-        helper.step(np.arange(k, dtype=np.int32), nstep=HOPPER.frame_skip)
-        self.batch.state[ids] = helper.state[:k]
 
 
 def _state_offset(model, component) -> int:
@@ -422,6 +389,8 @@ class _Recorder:
         self.parts: list[tuple] = []
 
     def add(self, episodes, t, obs, actions=None, rewards=None, next_obs=None, terms=None, truncs=None):
+        if self.mode == "observations":  # keep only what is returned
+            actions = rewards = next_obs = terms = truncs = None
         if self.mode is not None:
             self.parts.append((episodes, np.full(len(episodes), t), obs, actions, rewards, next_obs, terms, truncs))
 
@@ -495,49 +464,27 @@ def _evaluate_batched(policies, seeds, nthread, max_steps, action_noise, noise_s
     active = np.arange(n)
     obs = env.reset(seeds.ravel())
     ret = np.zeros(n)
-    # Physics runs on a background thread (MuJoCo releases the GIL), the numpy work on this one.
-    # A control step is done in two halves that overlap: the second half's actions are computed
-    # while the first half's physics runs, and the first half's results are processed while the
-    # second half's physics runs. Every episode is still stepped exactly as it would be alone.
-    overlap = env.nthread > 1 and _OVERLAP
-    physics = ThreadPoolExecutor(1, thread_name_prefix="hopper-physics") if overlap else None
     bar = _progress_bar(progress, max_steps, f"evaluate {n_pol}x{n_ep}")
-    try:
-        for t in range(max_steps):
-            inference.refresh(active)
-            split = overlap and len(active) >= _MIN_SPLIT
-            parts = []
-            for rows in (slice(0, len(active) // 2), slice(len(active) // 2, None)) if split else (slice(None),):
-                ids = active[rows]
-                actions = inference(obs[rows], ids)
-                if noise is not None:
-                    actions = noise(actions, ids, t)
-                result = physics.submit(env.step, actions, ids) if split else _Done(env.step(actions, ids))
-                parts.append((rows, ids, actions, result))
-            terms = []
-            for rows, ids, actions, result in parts:
-                next_obs, rewards, term = result.result()
-                ret[rows] += rewards
-                if record is not None:
-                    trunc = ~term & (t + 1 == max_steps)
-                    recorder.add(ids, t, obs[rows].copy(), actions, rewards, next_obs, term, trunc)
-                obs[rows] = next_obs
-                terms.append(term)
-            bar.update(1)
-            term = np.concatenate(terms) if split else terms[0]
-            if term.any():
-                # compaction: finished episodes cost no more physics or inference
-                done = active[term]
-                returns[done], lengths[done], terminated[done] = ret[term], t + 1, True
-                keep = ~term
-                active, obs, ret = active[keep], obs[keep], ret[keep]
-                if len(active) == 0:
-                    break
-        returns[active] = ret  # episodes cut by the cap
-    finally:
-        bar.close()
-        if physics is not None:
-            physics.shutdown()
+    for t in range(max_steps):
+        actions = inference(obs, active)
+        if noise is not None:
+            actions = noise(actions, active, t)
+        next_obs, rewards, term = env.step(actions, active)
+        ret += rewards
+        if record is not None:
+            recorder.add(active, t, obs, actions, rewards, next_obs, term, ~term & (t + 1 == max_steps))
+        obs = next_obs
+        bar.update(1)
+        if term.any():
+            # compaction: finished episodes cost no more physics or inference
+            done = active[term]
+            returns[done], lengths[done], terminated[done] = ret[term], t + 1, True
+            keep = ~term
+            active, obs, ret = active[keep], obs[keep], ret[keep]
+            if len(active) == 0:
+                break
+    returns[active] = ret  # episodes cut by the cap
+    bar.close()
     return EvalResult(
         returns=returns.reshape(n_pol, n_ep),
         lengths=lengths.reshape(n_pol, n_ep),
@@ -546,66 +493,45 @@ def _evaluate_batched(policies, seeds, nthread, max_steps, action_noise, noise_s
     )
 
 
-class _Done:
-    """An already computed result, with a Future's ``result()``."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
 class _StackedInference:
     """Batched policy forward that gives every episode the bits ``Network.act(obs)`` would.
 
     A matrix-matrix product's rounding depends on how many rows share the call (BLAS picks other
     kernels and blockings), so a batch of 10 observations per policy does not reproduce 10 single
     calls. A matrix-*vector* product per policy does: we call the stacked forward with one
-    observation per policy, ``(P', 1, obs_dim)``, once per episode slot e. Per policy that is the
-    same gemv ``Network.act`` runs on one observation, so the batched and gymnasium backends agree
-    bitwise and results don't depend on what else is in the batch.
+    observation per policy, ``(P', 1, obs_dim)``, once per episode slot e (episode k = p * E + e).
+    Per policy that is the same gemv ``Network.act`` runs on one observation, so the batched and
+    gymnasium backends agree bitwise and an episode's actions don't depend on the rest of the batch.
 
     For each slot, the parameters of the policies still running there are gathered, and gathered
-    again only when that set shrinks below 3/4 of the gathered one (rows of finished policies in
-    between are computed and ignored until then): few copies, little wasted arithmetic. A call for
-    a subset of the active episodes uses a contiguous slice (a view) of the gathered stack.
+    again only when that set shrinks below 3/4 of the gathered one (rows of finished policies are
+    computed on zeros and ignored until then): few copies, little wasted arithmetic.
     """
 
     def __init__(self, spec: NetworkSpec, params: dict, n_pol: int, n_ep: int):
         self.spec, self.params, self.n_ep = spec, params, n_ep
         self.gathered = [(np.arange(n_pol), params) for _ in range(n_ep)]
 
-    def refresh(self, active: np.ndarray) -> None:
-        """Re-gather a slot's parameters when few of its gathered policies are still running."""
-        for e in range(self.n_ep):
-            have = self.gathered[e][0]
-            pols = active[active % self.n_ep == e] // self.n_ep if self.n_ep > 1 else active
-            if len(pols) < 0.75 * len(have):
-                self.gathered[e] = (pols, {k: v[pols] for k, v in self.params.items()})
-
-    def __call__(self, obs: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Actions (k, act_dim) float32 for observations (k, obs_dim) of episodes ``ids`` (sorted)."""
-        out = np.empty((len(ids), self.spec.act_dim), np.float32)
-        pol_of, slot_of = np.divmod(ids, self.n_ep)
+    def __call__(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Actions (k, act_dim) float32 for observations (k, obs_dim) of episodes ``active`` (sorted)."""
+        out = np.empty((len(active), self.spec.act_dim), np.float32)
+        pol_of, slot_of = np.divmod(active, self.n_ep)
         for e in range(self.n_ep):
             rows = np.flatnonzero(slot_of == e) if self.n_ep > 1 else slice(None)
             pols = pol_of[rows]
             if len(pols) == 0:
                 continue
             have, params = self.gathered[e]
-            if len(pols) == len(have):  # all of the gathered policies
+            if len(pols) < 0.75 * len(have):
+                have, params = pols, {k: v[pols] for k, v in self.params.items()}
+                self.gathered[e] = (have, params)
+            if len(pols) == len(have):  # every gathered policy is running: no scatter needed
                 out[rows] = forward(self.spec, params, obs[rows, None, :])[:, 0]
-                continue
-            where = np.searchsorted(have, pols)  # both sorted; pols is a subset of have
-            lo, hi = where[0], where[-1] + 1
-            part = {k: v[lo:hi] for k, v in params.items()}
-            if hi - lo == len(pols):  # a contiguous run of gathered policies
-                out[rows] = forward(self.spec, part, obs[rows, None, :])[:, 0]
             else:
-                x = np.zeros((hi - lo, 1, self.spec.obs_dim))
-                x[where - lo, 0] = obs[rows]
-                out[rows] = forward(self.spec, part, x)[where - lo, 0]
+                where = np.searchsorted(have, pols)  # both sorted; pols is a subset of have
+                x = np.zeros((len(have), 1, self.spec.obs_dim))
+                x[where, 0] = obs[rows]
+                out[rows] = forward(self.spec, params, x)[where, 0]
         return out
 
 

@@ -540,7 +540,7 @@ class CERLParams(StageParams):
     """Std of the Gaussian noise on learner actions during their rollouts (clipped to [-1, 1])."""
     warmup_noise: float = 1.0
     """Exploration std while the buffer holds fewer than learning_starts transitions (stands in for the uniform random warm-up of TD3)."""
-    migration_every: int = 2
+    migration_every: int = 1
     """Generations between two migrations of every learner actor into the population (CERL: 5)."""
     probe_episodes: int = 3
     """Fresh episodes (not counted) that score each migrant and its decoded latent code, to measure what the encoding loses."""

@@ -7,8 +7,10 @@
 //
 // Driven by tests/test_book_browser.py; usable alone, e.g. on the default profile's book:
 //   node tests/book_browser_check.cjs --root _build/html --chromium /usr/bin/chromium \
-//        --node-modules book_assets/node_modules --shots runs/test-artifacts
-// Exit status: 0 when no page has a problem, 1 otherwise, 2 on a usage or set-up error.
+//        --node-modules book_assets/node_modules --shots runs/test-artifacts [--report report.json]
+//        [--explorer notebooks/03_decoded_evaluation.html]
+// The report (JSON) goes to --report, or to stdout. Exit status: 0 when no page has a problem,
+// 1 otherwise, 2 on a usage or set-up error.
 "use strict";
 
 const fs = require("fs");
@@ -19,7 +21,7 @@ const { createRequire } = require("module");
 
 function parseArgs(argv) {
   const args = { root: null, chromium: "/usr/bin/chromium", nodeModules: null, shots: null, explorer: "",
-                 timeoutMs: 30000, widgetTimeoutMs: 20000 };
+                 report: null, timeoutMs: 30000, widgetTimeoutMs: 20000 };
   for (let i = 2; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "").replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     if (!(key in args)) throw new Error(`unknown option ${argv[i]}`);
@@ -112,8 +114,9 @@ function inspect() {
   const controls = document.querySelectorAll(".widget-subarea .widget-slider, .widget-subarea .widget-dropdown, "
     + ".widget-subarea .widget-toggle-buttons, .widget-subarea .widget-button, .widget-subarea .widget-select, "
     + ".widget-subarea .widget-checkbox, .widget-subarea .widget-text, .widget-subarea .widget-radio").length;
+  const shorten = (url) => (url.startsWith("data:") ? url.slice(0, 40) + "..." : url);
   const images = [...document.images].map((img) => ({
-    src: img.currentSrc || img.src, ok: img.complete && img.naturalWidth > 0,
+    src: shorten(img.currentSrc || img.src), ok: img.complete && img.naturalWidth > 0,
     captioned: !!(img.closest("figure") && img.closest("figure").querySelector("figcaption")),
     output: !!img.closest(".cell_output"),
   }));
@@ -253,11 +256,14 @@ async function main() {
   fs.rmSync(userDataDir, { recursive: true, force: true });
   report.seconds = (Date.now() - started) / 1000;
   report.problems = report.pages.flatMap((p) => p.problems.map((x) => `${p.page}: ${x}`));
-  process.stdout.write(JSON.stringify(report, null, 1) + "\n");
-  process.exit(report.problems.length ? 1 : 0);
+  const text = JSON.stringify(report, null, 1) + "\n";
+  if (args.report) fs.writeFileSync(args.report, text);
+  else process.stdout.write(text);
+  // exitCode, not exit(): exit() may cut off what is still buffered for a pipe
+  process.exitCode = report.problems.length ? 1 : 0;
 }
 
 main().catch((err) => {
   process.stderr.write(`${err.stack || err}\n`);
-  process.exit(2);
+  process.exitCode = 2;
 });

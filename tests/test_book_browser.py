@@ -66,17 +66,17 @@ def test_every_page_of_the_smoke_book_works_offline_in_chromium(smoke_book, caps
     explorer = explorer_page(html)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    report_file = ARTIFACTS / "browser-report.json"
     start = time.time()
     proc = subprocess.run(
         [node, str(CHECK_SCRIPT), "--root", str(html), "--chromium", chromium, "--node-modules", str(NODE_MODULES),
-         "--shots", str(ARTIFACTS), "--explorer", explorer],
+         "--shots", str(ARTIFACTS), "--explorer", explorer, "--report", str(report_file)],
         capture_output=True, text=True, timeout=BROWSER_BUDGET_S + 120,
     )
     elapsed = time.time() - start
-    assert proc.returncode in (0, 1), f"the browser check could not run:\n{proc.stderr[-4000:]}"
-    report = json.loads(proc.stdout)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "browser-report.json").write_text(json.dumps(report, indent=1))
+    assert proc.returncode in (0, 1) and report_file.is_file(), f"the browser check could not run:\n{proc.stderr[-4000:]}"
+    report = json.loads(report_file.read_text())
 
     pages = [p["page"] for p in report["pages"]]
     uncaptioned = {p["page"]: len(p["uncaptionedFigures"]) for p in report["pages"] if p.get("uncaptionedFigures")}
@@ -85,7 +85,7 @@ def test_every_page_of_the_smoke_book_works_offline_in_chromium(smoke_book, caps
               f"({report['seconds']:.0f} s in the browser); explorer page: {explorer or 'none in this book'}")
         for name, path in sorted(report["screenshots"].items()):
             print(f"[book browser check] screenshot {name}: {path}")
-        print(f"[book browser check] report: {ARTIFACTS / 'browser-report.json'}")
+        print(f"[book browser check] report: {report_file}")
         if uncaptioned:
             print(f"[book browser check] figures without a caption: {uncaptioned}")
 
