@@ -94,6 +94,8 @@ def measure_raw(episodes, cores, seconds):
         d = mujoco.MjData(model)
         while time.perf_counter() < deadline:
             for qpos, qvel, actions in shares[i]:
+                if time.perf_counter() >= deadline:
+                    break
                 mujoco.mj_resetData(model, d)
                 d.qpos[:], d.qvel[:] = qpos, qvel
                 mujoco.mj_forward(model, d)

@@ -101,6 +101,8 @@ def _check_seed_values(seeds: np.ndarray) -> None:
         raise ValueError(f"seeds must be integers, got dtype {seeds.dtype}")
     if seeds.size and seeds.min() < 0:
         raise ValueError("seeds must be non-negative (gymnasium rejects negative seeds)")
+    if seeds.size and seeds.max() > np.iinfo(np.int64).max:
+        raise ValueError("seeds must fit in int64")
 
 
 def reset_states(seeds: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -436,12 +438,19 @@ def evaluate(
         policies: same-architecture networks, or one network.
         seeds: reset seeds, (E,) shared by every policy (paired evaluation) or (P, E).
         backend: "batched" (MuJoCo batch stepping, Hopper-v5 only) or "gymnasium" (reference loop).
-        nthread: physics threads for the batched backend; None = os.cpu_count().
+        nthread: physics threads for the batched backend (None = os.cpu_count()); results do not
+            depend on it. The gymnasium backend runs on one thread.
         max_steps: episode cap (Hopper-v5's TimeLimit is 1000).
         action_noise: std of Gaussian noise added to actions, then clipped to [-1, 1].
-        noise_seed: seed of that noise; required when action_noise > 0.
-        record: None, "observations" or "transitions" (see :class:`EvalResult`).
-        progress: show a tqdm bar over control steps.
+        noise_seed: seed of that noise; required when action_noise > 0. An episode's noise stream
+            is keyed by (noise_seed, its reset seed), so an episode is a function of (policy,
+            reset seed, noise_seed) alone, wherever it sits in the batch.
+        record: None, "observations" or "transitions" (see :class:`EvalResult`); flat arrays are
+            ordered by (policy, episode, step).
+        progress: show a tqdm bar over control steps (batched) or episodes (gymnasium).
+
+    Returns:
+        :class:`EvalResult`, with (P, E) returns, lengths and terminated flags.
     """
     policies, seeds = _validate(policies, seeds, backend, nthread, max_steps, action_noise, noise_seed, record)
     run = _evaluate_batched if backend == "batched" else _evaluate_gymnasium
