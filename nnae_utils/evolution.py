@@ -63,6 +63,7 @@ from typing import Any, Generator, Sequence
 
 import numpy as np
 
+from .provenance import json_default
 from .genomes import Genome, mutate
 from .policies import Network
 from .rollouts import EvalResult, evaluate
@@ -200,7 +201,7 @@ class RunState:
             "report_steps": self.report_steps, "seed_cursor": self.seed_cursor, "curve": self.curve,
             "done": self.done, "stop_reason": self.stop_reason, "rng": self.rng.bit_generator.state,
         }
-        arrays = {"meta": np.array(json.dumps(meta, default=_json_default))}
+        arrays = {"meta": np.array(json.dumps(meta, default=json_default))}
         for name in ("population", "champion", "champion_returns", "reported"):
             value = getattr(self, name)
             if value is not None:
@@ -230,15 +231,6 @@ class RunState:
                    champion_returns=arrays.get("champion_returns"), reported=arrays.get("reported"),
                    fitness_history=history, curve=meta["curve"], done=meta["done"], stop_reason=meta["stop_reason"])
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def run_fingerprint(cfg: EvolutionConfig, genome: Genome, start: np.ndarray | None, extra: Any = None) -> str:

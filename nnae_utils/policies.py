@@ -35,6 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .provenance import json_default
+
 FORMAT_NAME = "nnae-network"
 FORMAT_VERSION = "1"
 ACTIVATIONS = ("relu", "tanh", "elu")
@@ -346,7 +348,7 @@ def write_index(directory: str | os.PathLike, records: Iterable[Mapping[str, Any
             raise FileNotFoundError(f"index record {rec['id']!r} has no file {rec['id']}.safetensors in {directory}")
     path = directory / INDEX_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1, default=_json_default))
+    tmp.write_text(json.dumps(records, indent=1, default=json_default))
     os.replace(tmp, path)
     return path
 
@@ -377,17 +379,6 @@ def load_networks(directory: str | os.PathLike, ids: Iterable[str] | None = None
     wanted = [r["id"] for r in read_index(directory)] if ids is None else list(ids)
     return [load_network(directory / f"{i}.safetensors") for i in wanted]
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 # --------------------------------------------------------------------------- torch actor

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def runtime_versions() -> dict[str, str]:
@@ -45,3 +46,18 @@ def code_revision() -> str:
 def machine() -> dict[str, object]:
     """The machine a result was measured on (speed figures are meaningless without it)."""
     return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()}
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths, as results hold them."""
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .provenance import json_default
 from .policies import ACTIVATIONS, Network, NetworkSpec, actor_to_network, make_actor, save_network
 from .provenance import runtime_versions
 
@@ -573,19 +574,8 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> Path:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, default=_json_default).encode()))
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, default=json_default).encode()))
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def _read_curve(path: Path) -> list[dict[str, str]]:
