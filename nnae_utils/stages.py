@@ -197,6 +197,8 @@ class DataParams(StageParams):
     """A snapshot joins the zoo when its selection return and its admission return reach this."""
     min_snapshot_step: int = 0
     """Snapshots before this step are never candidates."""
+    stop_after_candidates: int = 0
+    """A run stops early, as finished, once this many of its evaluations are candidates (0: never)."""
     max_networks_per_run: int = 40
     """At most this many snapshots per run, spread evenly over the qualifying ones."""
     score_episodes: int = 10
@@ -221,8 +223,8 @@ class DataParams(StageParams):
             "n_runs", "steps_per_run", "actor_hidden", "critic_hidden", "batch_size", "snapshot_every",
             "selection_episodes", "max_networks_per_run", "score_episodes", "jobs", "state_episodes", "n_states",
         )
-        if self.learning_starts < 0 or self.min_snapshot_step < 0:
-            raise ParameterError("data: learning_starts and min_snapshot_step must be >= 0")
+        if self.learning_starts < 0 or self.min_snapshot_step < 0 or self.stop_after_candidates < 0:
+            raise ParameterError("data: learning_starts, min_snapshot_step and stop_after_candidates must be >= 0")
         if self.learning_starts >= self.steps_per_run and self.zoo_source == "train":
             raise ParameterError(
                 f"data: learning_starts ({self.learning_starts}) must be below steps_per_run ({self.steps_per_run})"

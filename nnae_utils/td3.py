@@ -671,12 +671,16 @@ def train_td3(
     stop_at_step: int | None = None,
     progress: bool = True,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    done_when: Callable[[list[dict[str, str]]], bool] | None = None,
 ) -> TD3Run:
     """Train (or resume) one TD3 run in ``run_dir``; see the module docstring for what it writes.
 
     Resumes automatically from ``run_dir/checkpoint.pt``. ``stop_at_step`` stops (with a
     checkpoint) after that many env steps, as if interrupted there. ``on_eval`` is called with each
-    new curve row (a dict), after it is written.
+    new curve row (a dict), after it is written. ``done_when`` ends the run early, as finished
+    (final checkpoint and critic written), as soon as it returns True on the curve's rows (as read
+    from ``curve.csv``, after each evaluation and on resume); it must be picklable for
+    :func:`nnae_utils.zoo.train_runs`, and its ``repr`` is recorded in the provenance.
     """
     import gymnasium as gym
     import pandas as pd
@@ -864,12 +868,13 @@ def train_td3(
 
         # ---- the loop
         stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
+        done_early = done_when is not None and done_when(_read_curve(curve_path))
         bar = tqdm(total=cfg.total_steps, initial=step, desc=f"TD3 seed {cfg.seed}", unit="step",
                    disable=not progress, mininterval=2.0, dynamic_ncols=True)
         with bar:
             if step == 0 and ckpt is None:
                 evaluate_and_snapshot()  # the untrained actor: curves start at step 0
-            while step < stop:
+            while step < stop and not done_early:
                 if obs is None:
                     obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
                     ep_return, ep_len = 0.0, 0
@@ -886,13 +891,16 @@ def train_td3(
                     episode, obs = episode + 1, None
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
                     evaluate_and_snapshot()
+                    done_early = done_when is not None and done_when(_read_curve(curve_path))
                 if obs is None and step >= next_ckpt:
                     next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                     checkpoint()
                 bar.update(1)
             if last_ckpt_step != step and (ckpt is None or step != int(ckpt["step"]) or need_refill):
                 checkpoint()  # at the end, or where the caller stopped us
-        finished = step >= cfg.total_steps
+        finished = step >= cfg.total_steps or done_early
+        if done_early:
+            prov["done_early"] = {"rule": repr(done_when), "step": step}
         if finished:
             save_critic(run_dir / CRITIC_FILE, learner.critic, {
                 "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(step), "run_seed": str(cfg.seed)})

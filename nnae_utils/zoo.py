@@ -42,18 +42,47 @@ SPLITS_FILE = "splits.json"
 # --------------------------------------------------------------------------- training runs
 
 
-def _train_one(cfg, run_dir: str) -> str:
+@dataclass(frozen=True)
+class EnoughCandidates:
+    """A TD3 run's stopping rule: done once ``count`` of its evaluations at or after ``min_step``
+    reached ``threshold``, i.e. once it holds enough candidate snapshots for the zoo.
+
+    A run that keeps training after that only adds candidates that
+    :func:`select_candidates` would thin out again, at about two core-hours per million steps.
+
+    Example:
+        >>> rule = EnoughCandidates(threshold=2500.0, count=2, min_step=100)
+        >>> rule([{"step": "50", "return_mean": "3000"}, {"step": "100", "return_mean": "2600"}])
+        False
+        >>> rule([{"step": "100", "return_mean": "2600"}, {"step": "105", "return_mean": "2500"}])
+        True
+    """
+
+    threshold: float
+    count: int
+    min_step: int = 0
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> bool:
+        passing = sum(int(r["step"]) >= self.min_step and float(r["return_mean"]) >= self.threshold for r in rows)
+        return passing >= self.count
+
+
+def _train_one(cfg, run_dir: str, done_when) -> str:
     from .td3 import train_td3
 
-    train_td3(cfg, Path(run_dir), progress=False)
+    train_td3(cfg, Path(run_dir), progress=False, done_when=done_when)
     return run_dir
 
 
-def train_runs(configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progress: bool = True) -> list[Path]:
+def train_runs(
+    configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progress: bool = True,
+    done_when: EnoughCandidates | None = None,
+) -> list[Path]:
     """Train (or resume) one TD3 run per config, ``jobs`` processes at a time, one torch thread each.
 
     Run ``i`` lives in ``work_root/<settings digest>/seed_<cfg.seed>``, so runs of other settings
-    never collide, and a finished run is resumed (a no-op) rather than retrained.
+    never collide, and a finished run is resumed (a no-op) rather than retrained. ``done_when``
+    (for example :class:`EnoughCandidates`) may end a run before ``cfg.total_steps``.
     The progress bar follows the runs' ``curve.csv`` files, so it works across processes.
     """
     run_dirs = [Path(work_root) / settings_digest(cfg) / f"seed_{cfg.seed}" for cfg in configs]
@@ -62,7 +91,7 @@ def train_runs(configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progre
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, tqdm(
         total=total, desc="TD3 runs", unit="step", disable=not progress, mininterval=5
     ) as bar:
-        futures = [pool.submit(_train_one, cfg, str(d)) for cfg, d in zip(configs, run_dirs)]
+        futures = [pool.submit(_train_one, cfg, str(d), done_when) for cfg, d in zip(configs, run_dirs)]
         while True:
             done, _ = cf.wait(futures, timeout=5)
             bar.n = sum(_last_step(d) for d in run_dirs)

@@ -256,3 +256,20 @@ def test_run_dir_in_use_is_refused(tmp_path):
     finally:
         held.close()
     assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_done_when_ends_the_run_as_finished(tmp_path):
+    from nnae_utils.zoo import EnoughCandidates
+
+    rule = EnoughCandidates(threshold=-1e9, count=3, min_step=300)  # every evaluation from step 300 on passes
+    run_dir = tmp_path / "early"
+    run = train_td3(TINY, run_dir, progress=False, done_when=rule)
+    assert run.finished and run.step == 900 < TINY.total_steps  # evaluations at 300, 600, 900
+    assert list(pd.read_csv(run_dir / "curve.csv")["step"]) == [0, 300, 600, 900]
+    assert (run_dir / "critic.safetensors").is_file()
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["finished"] and prov["done_early"]["step"] == 900 and "EnoughCandidates" in prov["done_early"]["rule"]
+    again = train_td3(TINY, run_dir, progress=False, done_when=rule)  # resumed: already done, no step taken
+    assert again.finished and again.step == 900
+    longer = train_td3(TINY, run_dir, progress=False, done_when=EnoughCandidates(-1e9, 4, 300))  # a stricter rule goes on
+    assert longer.step == 1200
