@@ -80,10 +80,8 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time

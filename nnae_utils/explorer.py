@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .autoencoders import layer_shape, network_from_latents
+from .autoencoders import network_from_latents
 from .policies import Network
 from .rollouts import evaluate
 

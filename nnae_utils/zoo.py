@@ -22,7 +22,6 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence

@@ -13,6 +13,8 @@ from nnae_utils import autoencoders as ae
 from nnae_utils.policies import Network, NetworkFormatError, NetworkSpec, load_network, save_network
 from nnae_utils.stages import LayerAEParams, MissingInputError, ParameterError
 
+import synthetic
+
 SPEC = NetworkSpec(obs_dim=11, act_dim=3, hidden=(16, 12))
 SPECS = [
     SPEC,
@@ -21,21 +23,8 @@ SPECS = [
 ]
 
 
-def synthetic_zoo(spec=SPEC, runs=3, per_run=4, drift=0.05, seed=0):
-    """``runs`` random base networks, each with ``per_run`` perturbed snapshots: a zoo in miniature."""
-    rng = np.random.default_rng(seed)
-    zoo = []
-    for r in range(runs):
-        base = Network.random(spec, seed=1000 * seed + r).flat()
-        for _ in range(per_run):
-            flat = base + drift * rng.normal(size=base.shape).astype(np.float32)
-            if spec.obs_norm:  # keep obs_std positive
-                net = Network.from_flat(spec, flat)
-                net.params["obs_std"] = np.abs(net.params["obs_std"]) + 0.5
-                zoo.append(net)
-            else:
-                zoo.append(Network.from_flat(spec, flat))
-    return zoo
+def synthetic_zoo(spec=SPEC, runs=3, per_run=4, seed=0):
+    return synthetic.synthetic_zoo(spec, runs=runs, per_run=per_run, seed=seed, base_seed=1000 * seed)
 
 
 def states(n=128, seed=0):

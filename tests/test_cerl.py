@@ -15,21 +15,9 @@ from nnae_utils.policies import Network
 from nnae_utils.stages import CERLParams, ParameterError
 from nnae_utils.td3 import ReplayBuffer, TwinCritic, save_critic
 
-from test_genomes import make_stage2, synthetic_zoo
 
 torch.set_num_threads(1)
 CAP = 30  # episode cap of every test run
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    nets = synthetic_zoo()
-    return {"train": nets[:6], "test": nets[6:]}
-
-
-@pytest.fixture(scope="module")
-def stage2(zoo, tmp_path_factory):
-    return make_stage2(tmp_path_factory.mktemp("stage2"), zoo["train"])
 
 
 @pytest.fixture(scope="module")

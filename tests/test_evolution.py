@@ -12,21 +12,9 @@ from nnae_utils.rollouts import evaluate
 from nnae_utils.seeds import eval_seeds
 from nnae_utils.stages import LatentEvolutionParams, ParameterError
 
-from test_genomes import make_stage2, synthetic_zoo
 
 torch.set_num_threads(1)
 CAP = 30  # episode cap of every test run
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    nets = synthetic_zoo()
-    return {"train": nets[:6], "test": nets[6:]}
-
-
-@pytest.fixture(scope="module")
-def stage2(zoo, tmp_path_factory):
-    return make_stage2(tmp_path_factory.mktemp("stage2"), zoo["train"])
 
 
 def config(method="ga", **kw):

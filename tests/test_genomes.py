@@ -12,43 +12,11 @@ import torch
 
 from nnae_utils import autoencoders as ae
 from nnae_utils import genomes as gen
-from nnae_utils.policies import Network, NetworkSpec
+from nnae_utils.policies import NetworkSpec
 
-SPEC = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 6))
-LATENTS = {0: 9, 1: 5, 2: 3}
+from synthetic import LATENTS, SPEC
+
 torch.set_num_threads(1)  # as the stage runs: tiny decoders are slower with more threads on a shared machine
-
-
-def synthetic_zoo(spec=SPEC, runs=3, per_run=3, drift=0.05, seed=0):
-    """``runs`` random networks, each with ``per_run`` perturbed snapshots."""
-    rng = np.random.default_rng(seed)
-    zoo = []
-    for r in range(runs):
-        base = Network.random(spec, seed=100 + r).flat()
-        zoo += [Network.from_flat(spec, base + drift * rng.normal(size=base.shape)) for _ in range(per_run)]
-    return zoo
-
-
-def make_stage2(folder, train, latents=LATENTS, form="flat"):
-    """A stage-2 folder as the stage writes it: autoencoders/ and pca/ checkpoints, one per layer."""
-    stack = ae.StackedNetworks.from_networks(train)
-    spec = train[0].spec
-    for layer, k in latents.items():
-        cfg = ae.LayerAEConfig(layer=layer, form=form, latent=k, hidden=16)
-        ae.save_layer_autoencoder(folder / "autoencoders" / f"layer{layer}_{form}.safetensors", ae.LayerAutoencoder.create(cfg, spec, stack))
-        ae.save_pca(folder / "pca" / f"layer{layer}_{form}.safetensors", ae.PCALayerCode.fit(train, layer, form, k))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    nets = synthetic_zoo()
-    return {"train": nets[:6], "test": nets[6:]}
-
-
-@pytest.fixture(scope="module")
-def stage2(zoo, tmp_path_factory):
-    return make_stage2(tmp_path_factory.mktemp("stage2"), zoo["train"])
 
 
 def build(name, zoo, stage2, **kw):
