@@ -90,6 +90,7 @@ def test_every_page_of_the_smoke_book_works_offline_in_chromium(smoke_book, caps
             print(f"[book browser check] figures without a caption: {uncaptioned}")
 
     assert not report["problems"], "the book has problems in a browser:\n" + "\n".join(report["problems"][:60])
+    assert not uncaptioned, f"every figure a notebook draws has a caption (mystnb figure metadata); without: {uncaptioned}"
     for page in ["index.html", "book/intro.html", "book/reproduce.html", "book/api/index.html", "notebooks/01_data.html"]:
         assert page in pages, page
     assert "landing" in report["screenshots"] and Path(report["screenshots"]["landing"]).is_file()
