@@ -15,6 +15,7 @@ One module per concept; data flows one way, stage to stage, through files on dis
 - ``cerl``: the CERL-like hybrid of TD3 learners and a GA population
 - ``seeds`` / ``provenance``: reset-seed namespaces; versions and revisions recorded with results
 - ``stats`` / ``plots``: statistics and figures
+- ``backends``: where work runs: this machine, or a Ray cluster (population evaluation, independent runs)
 - ``stages``: each stage's typed parameters and artifact layout
 - ``pipeline``: profiles, caching and the papermill runner (command line)
 """

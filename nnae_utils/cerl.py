@@ -641,26 +641,30 @@ def _run_in_child(run: CERLRun) -> CERLResult:
     return run_cerl(run)
 
 
-def run_many(runs: Sequence[CERLRun], *, jobs: int = 2, progress: bool = True) -> dict[str, CERLResult]:
+def run_many(runs: Sequence[CERLRun], *, jobs: int = 2, progress: bool = True, backend=None) -> dict[str, CERLResult]:
     """Run (or resume) every run, ``jobs`` processes at a time (TD3 updates are the cost; one process per core).
 
-    Each run is a pure function of its settings, so the results do not depend on ``jobs``.
+    Each run is a pure function of its settings, so the results do not depend on ``jobs``, nor on
+    ``backend`` (:mod:`nnae_utils.backends`; None: the current one), which may run them as tasks
+    of a Ray cluster instead (one task per run, as many at a time as the cluster has slots).
     """
     import concurrent.futures as cf
-    import multiprocessing
 
     from tqdm.auto import tqdm
 
+    from .backends import resolve
+
+    backend = resolve(backend)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("run ids must be unique")
     results: dict[str, CERLResult] = {}
-    if jobs <= 1:
+    if jobs <= 1 and backend.is_local:
         for run in tqdm(runs, desc="CERL runs", disable=not progress, mininterval=10):
             results[run.run_id] = run_cerl(run)
         return results
-    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, tqdm(
+    # locally: spawned processes (fork would copy torch's thread pools into the children)
+    with backend.executor(jobs) as pool, tqdm(
             total=len(runs), desc="CERL runs", disable=not progress, mininterval=10) as bar:
         futures = {pool.submit(_run_in_child, run): run.run_id for run in runs}
         for fut in cf.as_completed(futures):

@@ -63,10 +63,11 @@ from typing import Any, Generator, Sequence
 
 import numpy as np
 
+from . import backends
 from .provenance import json_default
 from .genomes import Genome, mutate
 from .policies import Network
-from .rollouts import EvalResult, evaluate
+from .rollouts import EvalResult
 from .seeds import eval_seeds
 
 METHODS = ("ga", "cma")
@@ -505,14 +506,17 @@ class Run:
 
 
 def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after: int | None = None,
-                 progress: bool = False, on_round=None) -> dict[str, RunState]:
+                 progress: bool = False, on_round=None, backend=None) -> dict[str, RunState]:
     """Advance every run until it ends; each round answers all pending requests with one ``evaluate`` call.
 
     A request of P networks and E seeds becomes P x E single-episode rows (network p with seed e),
     so requests of any sizes share one batch; results are cut back per request. ``stop_after``
     stops every run after that many generations (as if the process were killed). ``on_round`` is
-    called after every round with the pending runs' ids (for progress display).
+    called after every round with the pending runs' ids (for progress display). ``backend``
+    (:mod:`nnae_utils.backends`; None: the current one) evaluates each round's batch, on this
+    machine or spread over a Ray cluster in chunks of rows, with the same results.
     """
+    backend = backends.resolve(backend)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("run ids must be unique")
@@ -537,7 +541,7 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
                         networks.append(net)
                         seeds.append(int(s))
                 sizes.append((len(req.networks), len(req.seeds)))
-            batch = evaluate(networks, np.asarray(seeds, np.int64)[:, None], max_steps=cap, nthread=nthread)
+            batch = backend.evaluate(networks, np.asarray(seeds, np.int64)[:, None], max_steps=cap, nthread=nthread)
             offset = 0
             for run_id, (p, e) in zip(order, sizes):
                 rows = slice(offset, offset + p * e)

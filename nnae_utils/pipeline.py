@@ -6,12 +6,18 @@ Command line::
     python -m nnae_utils.pipeline --profile default --only data -p data.n_runs=3
     python -m nnae_utils.pipeline --profile default --book            # stages, then the book
     python -m nnae_utils.pipeline --list                              # profiles and stages
+    python -m nnae_utils.pipeline --profile paper --backend ray:auto  # on a Ray cluster
 
 Parameters come from ``profiles/<profile>.yaml`` plus ``-p [stage.]key=value`` overrides (values
 are YAML: ``-p data.actor_hidden=[32,32]``). They are validated by each stage's dataclass in
 :mod:`nnae_utils.stages` before anything runs. A stage whose parameters, notebook, package source
 and upstream results are unchanged is not recomputed (``--force`` recomputes it). A failing stage
 is reported with its notebook and cell; the artifacts of the stages before it are kept.
+
+Where the stages compute is the *backend* (:mod:`nnae_utils.backends`): ``local`` (the default) or
+a Ray cluster (``ray:ADDRESS``), from the profile's ``backend:`` key or ``--backend``. It reaches
+the notebooks through the environment variable ``NNAE_BACKEND``. Results do not depend on it, so
+it is not part of any cache key: a stage computed on a cluster is up to date here, and vice versa.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .backends import ENV_VAR as BACKEND_ENV_VAR, RAY_HINT, RaySettings, parse_backend
 from .stages import STAGE_RECORD, STAGES, STAGES_BY_NAME, MissingInputError, ParameterError, Stage, StageParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +57,8 @@ class Profile:
     description: str
     run_here: bool
     stages: dict[str, dict[str, Any]]
+    backend: str = "local"
+    """Where the stages compute (``local`` or ``ray:ADDRESS``, see :mod:`nnae_utils.backends`); ``--backend`` overrides it."""
 
 
 def list_profiles() -> list[str]:
@@ -67,7 +76,22 @@ def load_profile(name: str) -> Profile:
         raise ParameterError(f"profile {name}: unknown stage(s) {unknown}; stages: {list(STAGES_BY_NAME)}")
     common = raw.get("common") or {}
     merged = {s.name: {**common, **(stages.get(s.name) or {})} for s in STAGES}
-    return Profile(name, raw.get("description", ""), bool(raw.get("run_here", True)), merged)
+    backend = str(raw.get("backend") or "local")
+    check_backend(backend, need_ray=False)
+    return Profile(name, raw.get("description", ""), bool(raw.get("run_here", True)), merged, backend)
+
+
+def check_backend(spec: str, *, need_ray: bool = True) -> str:
+    """A valid backend name (``local``, ``ray:ADDRESS``), and Ray importable if it names a Ray cluster."""
+    import importlib.util
+
+    try:
+        settings = parse_backend(spec)
+    except ValueError as exc:
+        raise ParameterError(f"backend: {exc}") from None
+    if need_ray and isinstance(settings, RaySettings) and importlib.util.find_spec("ray") is None:
+        raise ParameterError(f"backend {spec!r}: {RAY_HINT}")
+    return spec
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -135,8 +159,11 @@ def _failure_message(stage: Stage, exc: Exception, kept: Path | None) -> str:
     return msg
 
 
-def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str) -> dict[str, Any]:
-    """Execute one stage notebook with papermill; return its record (written to stage.json)."""
+def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backend: str = "local") -> dict[str, Any]:
+    """Execute one stage notebook with papermill; return its record (written to stage.json).
+
+    The notebook's kernel inherits ``NNAE_BACKEND=backend`` (:mod:`nnae_utils.backends`).
+    """
     import papermill
 
     executed_dir = run_dir / "executed"
@@ -147,6 +174,8 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str) -> dic
     failed_nb.unlink(missing_ok=True)
     log.info("stage %s: running %s", stage.name, stage.notebook)
     start = time.time()
+    previous_backend = os.environ.get(BACKEND_ENV_VAR)
+    os.environ[BACKEND_ENV_VAR] = backend  # the kernel papermill starts inherits it
     try:
         papermill.execute_notebook(
             str(PROJECT_ROOT / stage.notebook),
@@ -163,6 +192,11 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str) -> dic
             os.replace(running_nb, failed_nb)
             kept = failed_nb
         raise PipelineError(_failure_message(stage, exc, kept)) from exc
+    finally:
+        if previous_backend is None:
+            os.environ.pop(BACKEND_ENV_VAR, None)
+        else:
+            os.environ[BACKEND_ENV_VAR] = previous_backend
     wall = time.time() - start
     os.replace(running_nb, final_nb)
     record = {
@@ -174,6 +208,7 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str) -> dic
         "executed_notebook": str(final_nb.relative_to(run_dir)),
         "python": platform.python_version(),
         "cores": os.cpu_count(),
+        "backend": backend,
     }
     stage_dir = run_dir / stage.folder
     if not stage_dir.is_dir():
@@ -202,9 +237,14 @@ def run_pipeline(
     force: bool = False,
     run_dir: str | os.PathLike | None = None,
     allow_unrun_profile: bool = False,
+    backend: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the selected stages (all by default) in order; return each stage's record."""
+    """Run the selected stages (all by default) in order; return each stage's record.
+
+    ``backend``: where the stages compute (default: the profile's); not part of the cache keys.
+    """
     profile = load_profile(profile_name)
+    backend = check_backend(backend or profile.backend)
     if not profile.run_here and not allow_unrun_profile:
         raise ParameterError(
             f"profile {profile.name!r} is not run on this kind of machine ({profile.description.strip()}); "
@@ -241,7 +281,7 @@ def run_pipeline(
             log.info("stage %s: up to date, not recomputed (%s)", stage.name, run_dir / stage.folder)
             records[stage.name] = {**previous, "cached": True}
         else:
-            records[stage.name] = {**run_stage(stage, params[stage.name], run_dir, key), "cached": False}
+            records[stage.name] = {**run_stage(stage, params[stage.name], run_dir, key, backend), "cached": False}
         keys[stage.name] = key
     timings = run_dir / "timings.json"
     old = json.loads(timings.read_text()) if timings.is_file() else {}
@@ -627,6 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--book-only", action="store_true", help="build the book from existing executed notebooks")
     parser.add_argument("--book-output", help="folder that receives _build/html (default: the run folder)")
     parser.add_argument("--allow-unrun-profile", action="store_true", help="run a profile marked as not run here")
+    parser.add_argument("--backend", metavar="local|ray:ADDRESS",
+                        help="where stages compute: local, or a Ray cluster (ray:auto, ray:ray://HOST:10001, ray:local:N); "
+                             "default: the profile's (local); results and caching do not depend on it")
     parser.add_argument("--list", action="store_true", help="list profiles and stages, then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -642,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.book_only:
             records = run_pipeline(
                 args.profile, only=only, overrides=args.param, force=args.force,
-                run_dir=run_dir, allow_unrun_profile=args.allow_unrun_profile,
+                run_dir=run_dir, allow_unrun_profile=args.allow_unrun_profile, backend=args.backend,
             )
             for name, rec in records.items():
                 state = "cached" if rec["cached"] else f"{rec['wall_seconds']:.0f} s"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from . import backends
 from .policies import Network, load_network, read_index, save_network, write_index
 from .rollouts import evaluate
 from .seeds import eval_seeds
@@ -76,6 +76,7 @@ def _train_one(cfg, run_dir: str, done_when) -> str:
 def train_runs(
     configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progress: bool = True,
     done_when: EnoughCandidates | None = None,
+    backend=None,
 ) -> list[Path]:
     """Train (or resume) one TD3 run per config, ``jobs`` processes at a time, one torch thread each.
 
@@ -83,11 +84,14 @@ def train_runs(
     never collide, and a finished run is resumed (a no-op) rather than retrained. ``done_when``
     (for example :class:`EnoughCandidates`) may end a run before ``cfg.total_steps``.
     The progress bar follows the runs' ``curve.csv`` files, so it works across processes.
+    ``backend`` (:mod:`nnae_utils.backends`; None: the current one) may run them as Ray tasks
+    instead (``work_root`` must then be on a file system every node shares).
     """
+    backend = backends.resolve(backend)
     run_dirs = [Path(work_root) / settings_digest(cfg) / f"seed_{cfg.seed}" for cfg in configs]
     total = sum(cfg.total_steps for cfg in configs)
-    ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, tqdm(
+    # locally: spawned processes (fork would copy torch's thread pools into the children)
+    with backend.executor(jobs) as pool, tqdm(
         total=total, desc="TD3 runs", unit="step", disable=not progress, mininterval=5
     ) as bar:
         futures = [pool.submit(_train_one, cfg, str(d), done_when) for cfg, d in zip(configs, run_dirs)]
