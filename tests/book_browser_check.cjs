@@ -118,7 +118,8 @@ function inspect() {
   const images = [...document.images].map((img) => ({
     src: shorten(img.currentSrc || img.src), ok: img.complete && img.naturalWidth > 0,
     captioned: !!(img.closest("figure") && img.closest("figure").querySelector("figcaption")),
-    output: !!img.closest(".cell_output"),
+    // a figure a notebook drew, not a frame that a widget shows (the explorer's rendered Hopper)
+    output: !!img.closest(".cell_output") && !img.closest(".widget-subarea"),
   }));
   const ids = [...document.querySelectorAll("[id]")].map((e) => e.id)
     .concat([...document.querySelectorAll("a[name]")].map((e) => e.getAttribute("name")));
