@@ -1,9 +1,14 @@
-"""Re-score one network file with plain gymnasium: needs only numpy, safetensors and gymnasium.
+"""Re-score networks with plain gymnasium: needs only numpy, safetensors and gymnasium.
 
     python scripts/rescore_network.py zoo/x.safetensors --seeds 100 101 102
+    python scripts/rescore_network.py --index zoo/hopper-v5/index.json
 
 Rebuilds the MLP from the file (format: nnae_utils/policies.py), runs one gymnasium.make(env_id)
 episode per reset seed with deterministic actions, and prints the returns' mean and std as JSON.
+With ``--index``, re-scores every network an ``index.json`` lists, on the reset seeds it records
+(``eval_seeds``), prints one JSON line per network with the recorded and the re-scored mean
+return, then a summary line; the exit status is 1 if any re-scored mean differs from the
+recorded one by more than ``--tolerance``.
 """
 import argparse
 import json
@@ -41,15 +46,11 @@ def layer_norm(x, weight, bias, eps):
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * weight + bias
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("network", help="a .safetensors network file")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="gymnasium reset seeds, one episode each")
-    args = parser.parse_args(argv)
-    meta, tensors = load(args.network)
+def rescore(path, seeds):
+    meta, tensors = load(path)
     env = gym.make(meta["env_id"])
     returns = []
-    for seed in args.seeds:
+    for seed in seeds:
         obs, _ = env.reset(seed=seed)
         ret, done = 0.0, False
         while not done:
@@ -57,9 +58,47 @@ def main(argv=None):
             ret, done = ret + float(reward), terminated or truncated
         returns.append(ret)
     env.close()
-    print(json.dumps({"env_id": meta["env_id"], "seeds": args.seeds, "returns": returns,
+    return meta["env_id"], returns
+
+
+def rescore_index(index_path, tolerance):
+    folder = index_path.rsplit("/", 1)[0] if "/" in index_path else "."
+    with open(index_path) as f:
+        records = json.load(f)
+    worst, means = 0.0, []
+    for rec in records:
+        _, returns = rescore(f"{folder}/{rec['id']}.safetensors", rec["eval_seeds"])
+        mean = float(np.mean(returns))
+        worst = max(worst, abs(mean - rec["return_mean"]))
+        means.append(mean)
+        print(json.dumps({"id": rec["id"], "recorded": rec["return_mean"], "rescored": mean,
+                          "episodes": len(returns)}), flush=True)
+    summary = {"index": index_path, "networks": len(records), "max_abs_difference": worst,
+               "tolerance": tolerance, "agree": worst <= tolerance}
+    if means:
+        summary.update(min=float(np.min(means)), median=float(np.median(means)), max=float(np.max(means)))
+    print(json.dumps(summary))
+    return 0 if worst <= tolerance else 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("network", nargs="?", help="a .safetensors network file")
+    parser.add_argument("--seeds", type=int, nargs="+", help="gymnasium reset seeds, one episode each")
+    parser.add_argument("--index", help="an index.json: re-score every network it lists on its recorded seeds")
+    parser.add_argument("--tolerance", type=float, default=1e-6, help="--index: largest accepted |difference| of a mean return")
+    args = parser.parse_args(argv)
+    if args.index:
+        if args.network or args.seeds:
+            parser.error("--index takes no network file and no --seeds (each network's seeds are in the index)")
+        return rescore_index(args.index, args.tolerance)
+    if not args.network or not args.seeds:
+        parser.error("give a network file and --seeds (or --index)")
+    env_id, returns = rescore(args.network, args.seeds)
+    print(json.dumps({"env_id": env_id, "seeds": args.seeds, "returns": returns,
                       "mean": float(np.mean(returns)), "std": float(np.std(returns))}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -46,3 +46,30 @@ def test_rescore_agrees_with_gymnasium_backend(tmp_path):
     expected = evaluate(net, seeds, backend="gymnasium").returns[0]
     assert report["returns"] == expected.tolist()
     assert report["mean"] == float(np.mean(expected)) and report["std"] == float(np.std(expected))
+
+
+def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path):
+    from nnae_utils.policies import write_index
+
+    spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
+    nets = [Network.random(spec, seed=s) for s in (1, 2)]
+    seeds = [5, 6]
+    result = evaluate(nets, seeds)  # the batched evaluator, as the stages record scores
+    records = []
+    for i, net in enumerate(nets):
+        save_network(tmp_path / f"n{i}.safetensors", net)
+        records.append({"id": f"n{i}", "return_mean": float(result.returns[i].mean()), "eval_seeds": seeds,
+                        "return_std": float(result.returns[i].std()), "episodes": 2, "provenance": {}})
+    write_index(tmp_path, records)
+    run = lambda: subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json")],
+                                 capture_output=True, text=True, timeout=120)
+    out = run()
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["id"] for line in lines[:-1]] == ["n0", "n1"]
+    assert lines[-1]["networks"] == 2 and lines[-1]["agree"] and lines[-1]["max_abs_difference"] == 0.0
+
+    records[1]["return_mean"] += 1.0  # a record that does not match its file
+    write_index(tmp_path, records)
+    out = run()
+    assert out.returncode == 1 and not json.loads(out.stdout.splitlines()[-1])["agree"]
