@@ -350,6 +350,62 @@ def copy_zoo(source: str | os.PathLike, destination: Path) -> Path:
     return destination
 
 
+SHIPPED_PROVENANCE = "provenance.json"
+
+
+def ship_zoo(stage_dir: str | os.PathLike, destination: str | os.PathLike, *, command: str) -> Path:
+    """Write the zoo a data stage built as a *shipped* zoo, which any profile can load (``zoo_source``).
+
+    ``destination`` gets the network files, ``index.json`` and ``splits.json``, the stage's
+    ``training_curves.csv``, and a ``provenance.json``: the ``command`` that trained the zoo, the
+    stage's parameters and summary (returns, core-hours, versions, code revision), and each
+    training run's own record (steps, core-seconds, sessions, early stop, buffer refills), read from
+    the run folders, whose final critics stage 5 loads. Every record's provenance names that
+    folder (``training_dir``). Refuses to overwrite an existing destination.
+    """
+    import shutil
+
+    stage_dir, destination = Path(stage_dir), Path(destination)
+    stage = json.loads((stage_dir / "stage.json").read_text())
+    params = stage["params"]
+    if params.get("zoo_source", "train") != "train":
+        raise ValueError(f"{stage_dir} loaded a shipped zoo ({params['zoo_source']}); only a trained zoo can be shipped")
+    if not params.get("training_dir"):
+        raise ValueError(f"{stage_dir}: its TD3 runs are in the run folder's scratch space; ship a zoo trained with "
+                         "data.training_dir set to a folder that is committed with it (the zoo profile's zoo/training)")
+    if destination.exists():
+        raise FileExistsError(f"{destination} exists; remove it first to ship a new zoo there")
+    source = load_zoo(stage_dir / "zoo")  # complete and consistent before anything is written
+    training_dir = Path(params["training_dir"])
+    runs = {}
+    for rec in source.records:
+        prov = rec["provenance"]
+        run_dir = training_dir / str(prov["settings"]) / f"seed_{int(prov['run'])}"
+        if str(prov["run"]) not in runs:
+            run_prov = json.loads((run_dir / "provenance.json").read_text())
+            runs[str(prov["run"])] = {
+                "folder": str(run_dir), "critic": (run_dir / "critic.safetensors").is_file(),
+                **{k: run_prov.get(k) for k in ("step", "finished", "done_early", "core_seconds", "total_wall_s",
+                                                "buffer_refilled_at_steps", "start_time", "end_time", "config", "versions")},
+                "sessions": len(run_prov.get("sessions", [])),
+            }
+    staging = destination.with_name(destination.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(stage_dir / "zoo", staging)
+    shutil.copy2(stage_dir / "training_curves.csv", staging / "training_curves.csv")
+    records = [{**r, "provenance": {**r["provenance"], "training_dir": str(training_dir)}} for r in source.records]
+    write_index(staging, records)
+    summary = json.loads((stage_dir / "summary.json").read_text())
+    provenance = {
+        "command": command, "stage_key": stage["key"], "params": params, "summary": summary, "runs": runs,
+        "training_core_hours": round(sum(r["core_seconds"] or 0.0 for r in runs.values()) / 3600, 3),
+    }
+    (staging / SHIPPED_PROVENANCE).write_text(json.dumps(provenance, indent=1, default=str))
+    os.replace(staging, destination)
+    return destination
+
+
 def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:
     """The training curves a shipped zoo carries (``training_curves.csv``), if any."""
     path = Path(source) / "training_curves.csv"

@@ -102,3 +102,46 @@ def test_product_of_marginals_breaks_correlation():
     assert abs(np.corrcoef(r.T)[0, 1]) < 0.05
     for j in range(2):  # every random coordinate is a value that coordinate took in a visited state
         assert np.isin(r[:, j], visited[:, j]).all()
+
+
+def test_ship_zoo_writes_a_loadable_zoo_with_its_provenance_and_refuses_what_it_cannot_vouch_for(tmp_path):
+    import json
+
+    from nnae_utils.cerl import find_zoo_critic
+
+    training = tmp_path / "training"
+    runs = [fake_run(training / "abc123", r, [1.0, 2.0]) for r in range(3)]
+    for r, d in enumerate(runs):
+        (d / "provenance.json").write_text(json.dumps({"step": 1000, "finished": True, "core_seconds": 3600.0,
+                                                       "sessions": [{}, {}], "buffer_refilled_at_steps": [500]}))
+    (runs[2] / "critic.safetensors").write_bytes(b"stands in for the run's final critic")
+    stage = tmp_path / "runs" / "zoo" / "01_data"
+    cands = zoo.select_candidates(runs, threshold=-1e9)
+    records = zoo.build_zoo(cands, stage / "zoo", threshold=-1e9, episodes=1, progress=False,
+                            provenance={"source": "td3", "settings": "abc123"})
+    zoo.write_splits(stage / "zoo", zoo.split_zoo(records, by="run", validation=1, test=1, seed=0), records)
+    pd.DataFrame({"run": [0], "step": [500], "return_mean": [1.0]}).to_csv(stage / "training_curves.csv", index=False)
+    (stage / "summary.json").write_text(json.dumps({"n_networks": len(records)}))
+    params = {"zoo_source": "train", "training_dir": str(training), "critic_hidden": [32, 32]}
+    (stage / "stage.json").write_text(json.dumps({"key": "k", "params": params}))
+
+    shipped = zoo.ship_zoo(stage, tmp_path / "shipped", command="python -m nnae_utils.pipeline --profile zoo --only data")
+    loaded = zoo.load_zoo(shipped)
+    assert len(loaded.records) == 6 and not (tmp_path / "shipped.partial").exists()
+    assert all(r["provenance"]["training_dir"] == str(training) for r in loaded.records)
+    prov = json.loads((shipped / zoo.SHIPPED_PROVENANCE).read_text())
+    assert prov["command"].endswith("--profile zoo --only data") and prov["params"] == params
+    assert prov["training_core_hours"] == 3.0 and sorted(prov["runs"]) == ["0", "1", "2"]
+    assert prov["runs"]["2"]["critic"] and not prov["runs"]["0"]["critic"]
+    assert prov["runs"]["0"]["buffer_refilled_at_steps"] == [500] and prov["runs"]["0"]["sessions"] == 2
+    assert len(zoo.read_shipped_curves(shipped)) == 1
+    # a profile that loads it (zoo_source) finds each run's critic from the records alone
+    copied = zoo.load_zoo(zoo.copy_zoo(shipped, tmp_path / "other_run" / "zoo"))
+    rec = next(r for r in copied.records if r["provenance"]["run"] == 2)
+    assert find_zoo_critic(rec, [rec["provenance"]["training_dir"]]) == runs[2] / "critic.safetensors"
+
+    with pytest.raises(FileExistsError):
+        zoo.ship_zoo(stage, shipped, command="x")
+    (stage / "stage.json").write_text(json.dumps({"key": "k", "params": {**params, "training_dir": ""}}))
+    with pytest.raises(ValueError, match="committed"):
+        zoo.ship_zoo(stage, tmp_path / "elsewhere", command="x")
