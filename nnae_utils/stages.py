@@ -141,6 +141,28 @@ class StageParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def settings_for(self, config_cls: type, **overrides: Any) -> Any:
+        """An algorithm's config (a dataclass) from the parameters of the same name, then ``overrides``.
+
+        A parameter passes through when the config has a field of its name (lists become tuples),
+        so that a setting is named, documented and validated once per stage and never copied by
+        hand; ``seed`` never does (the stage's master seed is not a run's). What a config calls
+        otherwise, or a run sets itself, goes in ``overrides``.
+
+        Example:
+            >>> @dataclass(frozen=True)
+            ... class RunConfig:
+            ...     pop_size: int = 2
+            ...     gammas: tuple = ()
+            ...     seed: int = 0
+            >>> CERLParams(pop_size=16, gammas=[0.9, 0.99], seed=7).settings_for(RunConfig, seed=3)
+            RunConfig(pop_size=16, gammas=(0.9, 0.99), seed=3)
+        """
+        names = {f.name for f in dataclasses.fields(config_cls)} - {"seed"}
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
+        shared = {k: tuple(v) if isinstance(v, list) else v for k, v in shared.items()}
+        return config_cls(**{**shared, **overrides})
+
     @property
     def root(self) -> Path:
         return Path(self.run_dir)
