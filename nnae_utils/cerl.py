@@ -93,13 +93,13 @@ import numpy as np
 
 from . import evolution as evo
 from .genomes import Genome, WeightGenome, action_distance, mutate
-from .policies import Network
+from .policies import Network, save_network
 from .rollouts import EvalResult, evaluate
 from .seeds import eval_seeds
 
 RESOURCE_MANAGERS = ("equal", "ucb")
 CHECKPOINT_DIR = "checkpoint"
-LOG_VERSION = 1
+LOG_VERSION = 2  # 2: probed migrants' episode returns and network files
 
 
 # --------------------------------------------------------------------------- configuration
@@ -591,6 +591,13 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
                                              max_steps=cfg.max_steps, nthread=cfg.physics_threads)
                             log["probe_steps"] += probe.env_steps
                             entry["actor_return"], entry["decoded_return"] = (float(x) for x in probe.returns.mean(axis=1))
+                            entry["actor_episode_returns"] = [float(x) for x in probe.returns[0]]
+                            entry["decoded_episode_returns"] = [float(x) for x in probe.returns[1]]
+                            if run.checkpoint_dir is not None:  # scored networks are kept, to be re-scored by anyone
+                                stem = f"migrants/g{state.generation:04d}_learner{k}"
+                                entry["actor_file"], entry["decoded_file"] = f"{stem}_actor.safetensors", f"{stem}_decoded.safetensors"
+                                save_network(Path(run.checkpoint_dir) / entry["actor_file"], actor)
+                                save_network(Path(run.checkpoint_dir) / entry["decoded_file"], decoded)
                         log["migrant_slots"].append({"entry": len(log["migrations"]), "slot": slot})
                         log["migrations"].append(entry)
 

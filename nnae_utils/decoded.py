@@ -479,7 +479,7 @@ def highest_ratio_kept(ratios: Sequence[float], retentions: Sequence[float], thr
 
 
 def write_decoded(directory: str | Path, jobs: Sequence[DecodeJob], frame: pd.DataFrame, *, seeds: Sequence[int],
-                  provenance: Mapping[str, Any]) -> Path:
+                  max_steps: int, provenance: Mapping[str, Any]) -> Path:
     """Write every scored decoded network (network format) and ``index.json``.
 
     A record names the source network, its split, the compressed layer(s), the encoder form, the
@@ -509,6 +509,7 @@ def write_decoded(directory: str | Path, jobs: Sequence[DecodeJob], frame: pd.Da
             "return_std": float(row["decoded_return_std"]),
             "episodes": int(len(seeds)),
             "eval_seeds": [int(s) for s in seeds],
+            "max_episode_steps": int(max_steps),
             "episode_returns": [round(float(r), 3) for r in row["decoded_episodes"]],
             "input_return_mean": float(row["input_return"]),
             "retention": float(row["decoded_return"] / row["input_return"]) if row["input_return"] > 0 else None,

@@ -42,7 +42,7 @@ FORMAT_VERSION = "1"
 ACTIVATIONS = ("relu", "tanh", "elu")
 LAYER_NORM_POSITIONS = ("none", "before", "after")
 INDEX_FILE = "index.json"
-INDEX_REQUIRED_FIELDS = ("id", "return_mean", "return_std", "episodes", "eval_seeds", "provenance")
+INDEX_REQUIRED_FIELDS = ("id", "return_mean", "return_std", "episodes", "eval_seeds", "max_episode_steps", "provenance")
 
 
 class NetworkFormatError(ValueError):

@@ -36,6 +36,7 @@ from .seeds import eval_seeds
 
 SPLITS = ("train", "validation", "test")
 SPLITS_FILE = "splits.json"
+EPISODE_CAP = 1000  # zoo scores are whole Hopper-v5 episodes (its TimeLimit)
 
 
 # --------------------------------------------------------------------------- training runs
@@ -201,12 +202,12 @@ def build_zoo(
         return []
     nets = [load_network(c.path) for c in candidates]
     admission_seeds = eval_seeds("zoo_admission", episodes)
-    admitted = evaluate(nets, admission_seeds, progress=progress).returns.mean(axis=1)
+    admitted = evaluate(nets, admission_seeds, max_steps=EPISODE_CAP, progress=progress).returns.mean(axis=1)
     keep = [i for i in range(len(nets)) if admitted[i] >= threshold]
     report_seeds = eval_seeds("zoo_report", episodes)
     records = []
     if keep:
-        report = evaluate([nets[i] for i in keep], report_seeds, progress=progress)
+        report = evaluate([nets[i] for i in keep], report_seeds, max_steps=EPISODE_CAP, progress=progress)
         for j, i in enumerate(keep):
             c = candidates[i]
             save_network(out_dir / f"{c.id}.safetensors", nets[i])
@@ -217,6 +218,7 @@ def build_zoo(
                     "return_std": float(report.returns[j].std()),
                     "episodes": int(episodes),
                     "eval_seeds": report_seeds.tolist(),
+                    "max_episode_steps": EPISODE_CAP,
                     "episode_returns": report.returns[j].round(3).tolist(),
                     "provenance": {
                         **provenance,

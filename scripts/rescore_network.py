@@ -5,8 +5,8 @@
 
 Rebuilds the MLP from the file (format: nnae_utils/policies.py), runs one gymnasium.make(env_id)
 episode per reset seed with deterministic actions, and prints the returns' mean and std as JSON.
-With ``--index``, re-scores every network an ``index.json`` lists, on the reset seeds it records
-(``eval_seeds``), prints one JSON line per network with the recorded and the re-scored mean
+With ``--index``, re-scores every network an ``index.json`` lists, on the reset seeds and the
+episode cap it records (``eval_seeds``, ``max_episode_steps``), prints one JSON line per network with the recorded and the re-scored mean
 return, then a summary line; the exit status is 1 if any re-scored mean differs from the
 recorded one by more than ``--tolerance``.
 """
@@ -46,16 +46,17 @@ def layer_norm(x, weight, bias, eps):
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * weight + bias
 
 
-def rescore(path, seeds):
+def rescore(path, seeds, max_steps=None):
     meta, tensors = load(path)
     env = gym.make(meta["env_id"])
     returns = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        ret, done = 0.0, False
+        ret, done, steps = 0.0, False, 0
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(meta, tensors, obs))
-            ret, done = ret + float(reward), terminated or truncated
+            steps += 1
+            ret, done = ret + float(reward), terminated or truncated or steps == max_steps
         returns.append(ret)
     env.close()
     return meta["env_id"], returns
@@ -67,7 +68,7 @@ def rescore_index(index_path, tolerance):
         records = json.load(f)
     worst, means = 0.0, []
     for rec in records:
-        _, returns = rescore(f"{folder}/{rec['id']}.safetensors", rec["eval_seeds"])
+        _, returns = rescore(f"{folder}/{rec['id']}.safetensors", rec["eval_seeds"], rec["max_episode_steps"])
         mean = float(np.mean(returns))
         worst = max(worst, abs(mean - rec["return_mean"]))
         means.append(mean)
@@ -85,7 +86,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("network", nargs="?", help="a .safetensors network file")
     parser.add_argument("--seeds", type=int, nargs="+", help="gymnasium reset seeds, one episode each")
-    parser.add_argument("--index", help="an index.json: re-score every network it lists on its recorded seeds")
+    parser.add_argument("--max-steps", type=int, default=None, help="episode cap (default: the environment's own time limit)")
+    parser.add_argument("--index", help="an index.json: re-score every network it lists on its recorded seeds and cap")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="--index: largest accepted |difference| of a mean return")
     args = parser.parse_args(argv)
     if args.index:
@@ -94,7 +96,7 @@ def main(argv=None):
         return rescore_index(args.index, args.tolerance)
     if not args.network or not args.seeds:
         parser.error("give a network file and --seeds (or --index)")
-    env_id, returns = rescore(args.network, args.seeds)
+    env_id, returns = rescore(args.network, args.seeds, args.max_steps)
     print(json.dumps({"env_id": env_id, "seeds": args.seeds, "returns": returns,
                       "mean": float(np.mean(returns)), "std": float(np.std(returns))}))
     return 0

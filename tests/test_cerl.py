@@ -11,7 +11,9 @@ import torch
 
 from nnae_utils import cerl
 from nnae_utils import genomes as gen
-from nnae_utils.policies import Network
+from nnae_utils.policies import Network, load_network
+from nnae_utils.rollouts import evaluate
+from nnae_utils.seeds import eval_seeds
 from nnae_utils.stages import CERLParams, ParameterError
 from nnae_utils.td3 import ReplayBuffer, TwinCritic, save_critic
 
@@ -110,6 +112,12 @@ def test_a_latent_migrant_is_encoded_decoded_and_its_loss_measured(zoo, stage2, 
     np.testing.assert_allclose(entry["distance"], distance, rtol=1e-6)
     assert entry["actor_return"] is not None and entry["decoded_return"] is not None
     assert res.log["probe_steps"] > 0 and res.state.env_steps == res.log["buffer_n_added"]  # probes are not counted
+    # both probed networks are kept in the suite's format, and re-score to the returns the run reported
+    kept = [load_network(tmp_path / entry[f"{role}_file"]) for role in ("actor", "decoded")]
+    np.testing.assert_array_equal(kept[0].flat(), actor.flat())
+    np.testing.assert_array_equal(kept[1].flat(), decoded.flat())
+    again = evaluate(kept, eval_seeds("champion_report", 1), max_steps=CAP).returns
+    assert again[:, 0].tolist() == [entry["actor_episode_returns"][0], entry["decoded_episode_returns"][0]]
 
 
 def test_resume_equals_an_uninterrupted_run(zoo, stage2, tmp_path):

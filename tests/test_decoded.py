@@ -131,7 +131,7 @@ def test_identity_code_gives_retention_exactly_one(identity_run):
 
 def test_decoded_index_records_are_complete_and_files_load(identity_run, tmp_path):
     jobs, _, frame = identity_run
-    D.write_decoded(tmp_path, jobs, frame, seeds=SEEDS, provenance={"stage": "03_decoded_evaluation"})
+    D.write_decoded(tmp_path, jobs, frame, seeds=SEEDS, max_steps=1000, provenance={"stage": "03_decoded_evaluation"})
     records = read_index(tmp_path)
     assert len(records) == len(jobs) == len({r["id"] for r in records})
     wanted = {"source_network", "split", "compressed_layers", "encoder_form", "loss_variant", "latent_size", "latent_dim",

@@ -35,6 +35,22 @@ def test_smoke_pipeline_runs_every_stage_within_budget(smoke_run):
 
 
 @pytest.mark.slow
+def test_every_scored_network_rescores_exactly_with_numpy_and_gymnasium_alone(smoke_run):
+    """The suite's standard: each network a stage reports a score for is in the open format, and a
+    fresh process that knows only numpy, safetensors and gymnasium gets the same returns."""
+    run_dir, _, _ = smoke_run
+    indexes = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("0*/**/index.json"))
+    assert indexes == ["01_data/zoo/index.json", "03_decoded_evaluation/decoded/index.json",
+                       "04_latent_evolution/champions/index.json", "05_cerl_comparison/champions/index.json",
+                       "05_cerl_comparison/migrants/index.json"]
+    for index in indexes:
+        proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "rescore_network.py"), "--index",
+                               str(run_dir / index)], capture_output=True, text=True, timeout=300)
+        summary = json.loads(proc.stdout.splitlines()[-1])
+        assert proc.returncode == 0 and summary["agree"] and summary["networks"] > 0, (index, summary)
+
+
+@pytest.mark.slow
 def test_second_run_recomputes_nothing(smoke_run):
     run_dir, _, _ = smoke_run
     before = (run_dir / "01_data" / "stage.json").read_text()

@@ -136,7 +136,7 @@ def test_index_round_trip_and_checks(tmp_path):
         save_network(tmp_path / f"n{i}.safetensors", n)
     records = [
         {"id": f"n{i}", "return_mean": np.float64(1.5), "return_std": 0.1, "episodes": 2,
-         "eval_seeds": np.array([5, 6]), "provenance": {"run": i}}
+         "eval_seeds": np.array([5, 6]), "max_episode_steps": 1000, "provenance": {"run": i}}
         for i in range(2)
     ]
     write_index(tmp_path, records)

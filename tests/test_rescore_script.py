@@ -59,7 +59,8 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     for i, net in enumerate(nets):
         save_network(tmp_path / f"n{i}.safetensors", net)
         records.append({"id": f"n{i}", "return_mean": float(result.returns[i].mean()), "eval_seeds": seeds,
-                        "return_std": float(result.returns[i].std()), "episodes": 2, "provenance": {}})
+                        "return_std": float(result.returns[i].std()), "episodes": 2, "max_episode_steps": 1000,
+                        "provenance": {}})
     write_index(tmp_path, records)
     run = lambda: subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json")],
                                  capture_output=True, text=True, timeout=120)
