@@ -10,7 +10,9 @@ training step of a layer autoencoder needs), and, separately, the loss alone (an
   input and decoded network both run in full, the P losses averaged.
 
 Throughput = networks x states per second. Both run in one process, interleaved, on one torch
-thread (as the stage trains), so a busy machine slows both alike. Usage::
+thread (as the stage trains), so a busy machine slows both alike. The elementary step, one 64x64
+layer for P networks as one ``baddbmm`` or a loop of ``F.linear``, is timed too, in GFLOP/s: the
+ratio the whole loss can reach is bounded by that step's. Usage::
 
     python benchmarks/functional_loss.py            # writes benchmarks/results/functional_loss.json
     python benchmarks/functional_loss.py --quick    # a few seconds, nothing written
@@ -88,6 +90,22 @@ def naive(stack, layer, w_hat, b_hat, states, grad: bool):
         return float(loss.detach())
 
 
+def matmul_ceiling(n_networks: int, n_states: int, width: int, repeats: int, min_s: float) -> dict:
+    """The elementary step both implementations repeat: one (B x width) @ (width x width) layer for
+    each of P networks, as one ``torch.baddbmm`` on stacked weights or as P ``F.linear`` calls.
+    Its ratio bounds what stacking can gain on this CPU: a loop whose every matmul already runs near
+    the core's speed leaves little to win."""
+    x, w = torch.randn(n_networks, n_states, width), torch.randn(n_networks, width, width)
+    b = torch.randn(n_networks, width)
+    w_t, xs = w.transpose(1, 2), list(x.unbind(0))
+    t_batched = time_it(lambda: torch.baddbmm(b[:, None, :], x, w_t), repeats, min_s)
+    t_loop = time_it(lambda: [F.linear(xs[p], w[p], b[p]) for p in range(n_networks)], repeats, min_s)
+    flops = 2.0 * n_networks * n_states * width * width
+    return {"networks": n_networks, "states_per_network": n_states, "width": width,
+            "batched_seconds": t_batched, "loop_seconds": t_loop, "ratio": t_loop / t_batched,
+            "batched_gflop_per_s": flops / t_batched / 1e9, "loop_gflop_per_s": flops / t_loop / 1e9}
+
+
 def time_it(fn, repeats: int, min_seconds: float) -> float:
     """Median seconds per call over ``repeats`` timed blocks, each at least ``min_seconds`` long."""
     fn()  # warm-up
@@ -143,6 +161,10 @@ def main(argv=None) -> int:
                 print(f"P={n_nets:4d} B={n_states:4d} layer {layer} {row['mode']:15s} "
                       f"batched {row['batched_net_states_per_s']:12,.0f}/s  naive {row['naive_net_states_per_s']:12,.0f}/s  "
                       f"ratio {row['speedup']:5.1f}x")
+    ceilings = [matmul_ceiling(n_nets, n_states, 64, repeats, min_s) for n_nets, n_states in cases]
+    for c in ceilings:
+        print(f"one 64x64 layer, P={c['networks']:4d} B={c['states_per_network']:4d}: baddbmm {c['batched_gflop_per_s']:5.1f} "
+              f"GFLOP/s, loop of F.linear {c['loop_gflop_per_s']:5.1f} GFLOP/s, ratio {c['ratio']:4.1f}x")
     primary = [r for r in results if r["networks"] == 32 and r["states_per_network"] == 64 and r["mode"] == "loss + gradient"]
     ratio = statistics.median(r["speedup"] for r in primary)
     overall = statistics.median(r["speedup"] for r in results)
@@ -159,6 +181,7 @@ def main(argv=None) -> int:
         "median_speedup_all_cases": overall,
         "goal_speedup": 10.0,
         "results": results,
+        "matmul_ceiling": ceilings,
         "torch_threads": args.threads,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
