@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnae_utils import __version__ as nnae_version  # noqa: E402
 from nnae_utils.policies import Network, NetworkSpec, forward, stack_params  # noqa: E402
+from nnae_utils.provenance import cpu_model  # noqa: E402
 from nnae_utils.rollouts import HOPPER_ENV_ID, BatchedHopper, evaluate, hopper_model, reset_states  # noqa: E402
 
 SPEC = NetworkSpec(obs_dim=11, act_dim=3, hidden=(64, 64), activation="relu")
@@ -365,16 +366,6 @@ def summarise(rows):
               + f"  {ratio['ours/sync']:>6.2f} [{ratio['ours/sync_median_round']:.2f}]"
               + f"  {np.mean(ratio['loadavg_1min']):5.1f}")
     return ratios
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

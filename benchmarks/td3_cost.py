@@ -600,23 +600,13 @@ def main(argv=None) -> int:
         "core_hours_formula": "(S * env_cpu_s_per_step + (S - learning_starts) / updates_per_cpu_s) / 3600, "
                               "in-training evaluations not included",
         "load_average_before": load_before, "load_average_after": load_after,
-        "machine": {**machine(), "cpu": cpu_model()}, "versions": {**runtime_versions(), **sb3_versions()},
+        "machine": machine(), "versions": {**runtime_versions(), **sb3_versions()},
         "code_revision": code_revision(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=json_default))
     print(f"written: {out}")
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def sb3_versions() -> dict[str, str]:

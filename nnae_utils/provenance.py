@@ -45,7 +45,19 @@ def code_revision() -> str:
 
 def machine() -> dict[str, object]:
     """The machine a result was measured on (speed figures are meaningless without it)."""
-    return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()}
+    return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(), "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def json_default(obj: Any) -> Any:
