@@ -734,11 +734,14 @@ def find_zoo_critic(record: Mapping[str, Any], search_roots: Sequence[str | os.P
     The critic is the run's *final* one: for a snapshot taken earlier in the run, it has seen
     later data than the snapshot's actor (its step is in the critic file's metadata).
     """
+    from .td3 import CRITIC_FILE
+    from .zoo import run_folder
+
     prov = record.get("provenance", {})
     if "run" not in prov or "settings" not in prov:
         return None
     for root in search_roots:
-        path = Path(root) / str(prov["settings"]) / f"seed_{int(prov['run'])}" / "critic.safetensors"
+        path = run_folder(root, prov["settings"], prov["run"]) / CRITIC_FILE
         if path.is_file():
             return path
     return None

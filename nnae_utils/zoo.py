@@ -67,6 +67,12 @@ class EnoughCandidates:
         return passing >= self.count
 
 
+def run_folder(training_root: str | os.PathLike, settings: str, run_seed: int) -> Path:
+    """Where a TD3 run lives: ``<training root>/<settings digest>/seed_<run seed>`` (its
+    checkpoints, curve, snapshots, provenance and final critic)."""
+    return Path(training_root) / str(settings) / f"seed_{int(run_seed)}"
+
+
 def _train_one(cfg, run_dir: str, done_when) -> str:
     from .td3 import train_td3
 
@@ -89,7 +95,7 @@ def train_runs(
     instead (``work_root`` must then be on a file system every node shares).
     """
     backend = backends.resolve(backend)
-    run_dirs = [Path(work_root) / settings_digest(cfg) / f"seed_{cfg.seed}" for cfg in configs]
+    run_dirs = [run_folder(work_root, settings_digest(cfg), cfg.seed) for cfg in configs]
     total = sum(cfg.total_steps for cfg in configs)
     # locally: spawned processes (fork would copy torch's thread pools into the children)
     with backend.executor(jobs) as pool, tqdm(
@@ -367,6 +373,8 @@ def ship_zoo(stage_dir: str | os.PathLike, destination: str | os.PathLike, *, co
     """
     import shutil
 
+    from . import td3
+
     stage_dir, destination = Path(stage_dir), Path(destination)
     stage = json.loads((stage_dir / "stage.json").read_text())
     params = stage["params"]
@@ -382,11 +390,11 @@ def ship_zoo(stage_dir: str | os.PathLike, destination: str | os.PathLike, *, co
     runs = {}
     for rec in source.records:
         prov = rec["provenance"]
-        run_dir = training_dir / str(prov["settings"]) / f"seed_{int(prov['run'])}"
+        run_dir = run_folder(training_dir, prov["settings"], prov["run"])
         if str(prov["run"]) not in runs:
-            run_prov = json.loads((run_dir / "provenance.json").read_text())
+            run_prov = json.loads((run_dir / td3.PROVENANCE_FILE).read_text())
             runs[str(prov["run"])] = {
-                "folder": str(run_dir), "critic": (run_dir / "critic.safetensors").is_file(),
+                "folder": str(run_dir), "critic": (run_dir / td3.CRITIC_FILE).is_file(),
                 **{k: run_prov.get(k) for k in ("step", "finished", "done_early", "core_seconds", "total_wall_s",
                                                 "buffer_refilled_at_steps", "start_time", "end_time", "config", "versions")},
                 "sessions": len(run_prov.get("sessions", [])),
