@@ -16,15 +16,18 @@ sns.set_theme(context="notebook", style="whitegrid")
 
 
 def zoo_returns_by_split(frame: pd.DataFrame, threshold: float | None = None):
-    """Strip + box plot of the zoo's reported returns, one column per split."""
+    """Strip + box plot of the zoo's reported returns, one column per split; when the zoo mixes
+    TD3 snapshots and DAgger students (a ``kind`` column), the points are coloured by kind."""
     order = [s for s in SPLIT_ORDER if s in set(frame["split"])]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     sns.boxplot(data=frame, x="split", y="return_mean", order=order, color="0.9", showfliers=False, ax=ax)
-    sns.stripplot(data=frame, x="split", y="return_mean", order=order, hue="split", hue_order=order,
-                  palette="deep", size=4, jitter=0.25, legend=False, ax=ax)
+    mixed = "kind" in frame and frame["kind"].nunique() > 1
+    sns.stripplot(data=frame, x="split", y="return_mean", order=order, hue="kind" if mixed else "split",
+                  hue_order=None if mixed else order, palette="deep", size=4, jitter=0.25, legend=mixed, ax=ax)
     if threshold is not None:
         ax.axhline(threshold, ls="--", color="0.4", lw=1, label=f"threshold {threshold:g}")
-        ax.legend(loc="lower right")
+    if threshold is not None or mixed:
+        ax.legend(loc="lower right", fontsize=8)
     ax.set(xlabel="split", ylabel="return (fresh seeds)", title="Zoo networks by split")
     fig.tight_layout()
     return fig

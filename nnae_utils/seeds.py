@@ -11,6 +11,7 @@ purpose                first seed       used for
 ``zoo_report``         2_000_000        the zoo's reported returns (index.json)
 ``states``             3_000_000        episodes that collect the state dataset
 ``decoded_report``     4_000_000        paired scores of input and decoded networks
+``distill``            5_000_000        rollouts that collect a DAgger student's states
 ``evolution_fitness``  10_000_000       fitness episodes during evolution
 ``champion_report``    90_000_000       fresh episodes that report a champion's return
 =====================  ===============  ==================================================
@@ -29,6 +30,7 @@ SEED_BASES = {
     "zoo_report": 2_000_000,
     "states": 3_000_000,
     "decoded_report": 4_000_000,
+    "distill": 5_000_000,
     "evolution_fitness": 10_000_000,
     "champion_report": 90_000_000,
 }

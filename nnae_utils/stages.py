@@ -223,6 +223,16 @@ class DataParams(StageParams):
     """A run stops early, as finished, once this many of its evaluations are candidates (0: never)."""
     max_networks_per_run: int = 40
     """At most this many snapshots per run, spread evenly over the qualifying ones."""
+    fill_with_students: int = 0
+    """Top each run up to this many networks with DAgger students of its admitted snapshots (0: none; students are labelled in index.json)."""
+    teacher_min_return: float = -1e9
+    """A run's admitted snapshots teach DAgger students only if their reported return reaches this (students of marginal teachers often fall below the bar)."""
+    distill_rounds: int = 6
+    """DAgger rounds of each student (round 0 on the teacher's trajectories, then on the student's own)."""
+    distill_episodes: int = 8
+    """Episodes rolled out per DAgger round to collect states."""
+    distill_epochs: int = 30
+    """Training passes over a student's aggregated dataset after each DAgger round."""
     score_episodes: int = 10
     """Fresh-seed episodes for the admission score and, separately, for the reported score."""
     jobs: int = 2
@@ -244,7 +254,10 @@ class DataParams(StageParams):
         self._positive(
             "n_runs", "steps_per_run", "actor_hidden", "critic_hidden", "batch_size", "snapshot_every",
             "selection_episodes", "max_networks_per_run", "score_episodes", "jobs", "state_episodes", "n_states",
+            "distill_rounds", "distill_episodes", "distill_epochs",
         )
+        if not 0 <= self.fill_with_students < 1000:
+            raise ParameterError(f"data: fill_with_students must lie in [0, 1000), got {self.fill_with_students}")
         if self.learning_starts < 0 or self.min_snapshot_step < 0 or self.stop_after_candidates < 0:
             raise ParameterError("data: learning_starts, min_snapshot_step and stop_after_candidates must be >= 0")
         if self.learning_starts >= self.steps_per_run and self.zoo_source == "train":

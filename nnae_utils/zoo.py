@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -117,7 +118,6 @@ def train_runs(
 def settings_digest(cfg: Any) -> str:
     """A short hash of a run's settings other than its seed, its length and its thread count
     (a run may be extended, or resumed with more threads, and stays the same run)."""
-    import dataclasses
     import hashlib
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "total_steps", "torch_threads")}
@@ -159,14 +159,39 @@ def training_curves(run_dirs: Iterable[Path]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A network that may join the zoo: a TD3 snapshot, or a DAgger student of an admitted one."""
+
     run: int
+    """The TD3 run it comes from (a student's is its teacher's), which decides its split."""
     step: int
-    selection_return: float
+    """The training step of the snapshot (a student's: its teacher's)."""
+    selection_return: float | None
+    """The in-training return that made the snapshot a candidate (None for a student)."""
     path: Path
+    student: int | None = None
+    """For a DAgger student: its number within its run."""
+    teacher: str = ""
+    """For a DAgger student: its teacher's zoo id."""
+    distill: Mapping[str, Any] | None = None
+    """For a DAgger student: its distillation settings and seed."""
 
     @property
     def id(self) -> str:
-        return f"run{self.run:02d}_step{self.step:07d}"
+        base = f"run{self.run:02d}_step{self.step:07d}"
+        return base if self.student is None else f"{base}_student{self.student:03d}"
+
+    @property
+    def kind(self) -> str:
+        return "td3_snapshot" if self.student is None else "dagger_student"
+
+    def provenance(self) -> dict[str, Any]:
+        """What ``index.json`` records of where this network comes from."""
+        out: dict[str, Any] = {"kind": self.kind, "run": self.run, "step": self.step}
+        if self.student is None:
+            out["selection_return"] = round(float(self.selection_return), 3)
+        else:
+            out.update(teacher=self.teacher, distill=dict(self.distill or {}))
+        return out
 
 
 def select_candidates(
@@ -190,6 +215,45 @@ def select_candidates(
     return chosen
 
 
+def plan_students(
+    records: Sequence[Mapping[str, Any]], *, fill_to: int, config: Any, zoo_dir: Path, work_dir: Path,
+    teacher_min_return: float = -np.inf,
+) -> tuple[list[Any], list[Candidate]]:
+    """DAgger students that top every run up to ``fill_to`` zoo networks.
+
+    A run's teachers are its admitted TD3 snapshots whose reported return reaches
+    ``teacher_min_return`` (a student rarely beats its teacher, and students of a marginal one
+    often fall below the bar: ``benchmarks/distill_cost.py``), taken in turn in order of training
+    step, so that the students spread over the run's training time as its snapshots do. A run with
+    no teacher gets no students. Student ``k`` of run ``r`` has seed
+    ``1000 * r + k`` (with ``config``'s other settings), so every student of the zoo has its own.
+
+    Returns the :class:`nnae_utils.distill.StudentJob` list (files in ``work_dir``) and the
+    matching zoo candidates.
+    """
+    from .distill import StudentJob, config_record
+
+    if fill_to >= 1000:
+        raise ValueError(f"fill_to must stay below 1000 (student seeds are 1000 * run + k), got {fill_to}")
+    jobs, candidates = [], []
+    for run in sorted({int(r["provenance"]["run"]) for r in records}):
+        teachers = sorted(
+            (r for r in records if int(r["provenance"]["run"]) == run and r["return_mean"] >= teacher_min_return
+             and r["provenance"].get("kind", "td3_snapshot") == "td3_snapshot"),
+            key=lambda r: int(r["provenance"]["step"]),
+        )
+        members = sum(int(r["provenance"]["run"]) == run for r in records)
+        for k in range(max(0, fill_to - members) if teachers else 0):
+            teacher = teachers[k % len(teachers)]
+            cfg = dataclasses.replace(config, seed=1000 * run + k)
+            step = int(teacher["provenance"]["step"])
+            path = Path(work_dir) / f"run{run:02d}_student{k:03d}_of_step{step:07d}.safetensors"
+            jobs.append(StudentJob(Path(zoo_dir) / f"{teacher['id']}.safetensors", teacher["id"], cfg, path))
+            candidates.append(Candidate(run, step, None, path, student=k, teacher=teacher["id"],
+                                        distill={**config_record(cfg), "seed": cfg.seed}))
+    return jobs, candidates
+
+
 def build_zoo(
     candidates: Sequence[Candidate],
     out_dir: Path,
@@ -198,14 +262,20 @@ def build_zoo(
     episodes: int,
     provenance: Mapping[str, Any],
     progress: bool = True,
+    append: bool = False,
 ) -> list[dict[str, Any]]:
     """Score candidates on fresh admission seeds, keep those reaching ``threshold``, score the members
-    on fresh report seeds, and write them with ``index.json`` into ``out_dir``."""
+    on fresh report seeds, and write them with ``index.json`` into ``out_dir``.
+
+    ``append``: add the new members to the zoo already in ``out_dir`` (for students of its members).
+    Returns the records of the whole zoo.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_index(out_dir) if append else []
     if not candidates:
-        write_index(out_dir, [])
-        return []
+        write_index(out_dir, existing)
+        return existing
     nets = [load_network(c.path) for c in candidates]
     admission_seeds = eval_seeds("zoo_admission", episodes)
     admitted = evaluate(nets, admission_seeds, max_steps=EPISODE_CAP, progress=progress).returns.mean(axis=1)
@@ -228,14 +298,13 @@ def build_zoo(
                     "episode_returns": report.returns[j].round(3).tolist(),
                     "provenance": {
                         **provenance,
-                        "run": c.run,
-                        "step": c.step,
-                        "selection_return": round(c.selection_return, 3),
+                        **c.provenance(),
                         "admission_return": round(float(admitted[i]), 3),
                         "admission_seeds": admission_seeds.tolist(),
                     },
                 }
             )
+    records = [*existing, *records]
     write_index(out_dir, records)
     return records
 
@@ -317,7 +386,8 @@ class Zoo:
         return np.array([r["return_mean"] for r in self.records])
 
     def frame(self) -> pd.DataFrame:
-        """One row per network: id, split, run, step, return_mean, return_std."""
+        """One row per network: id, split, run, step, kind (td3_snapshot or dagger_student), teacher
+        (a student's), return_mean, return_std."""
         where = {i: s for s, members in self.splits.items() for i in members}
         return pd.DataFrame(
             {
@@ -325,6 +395,8 @@ class Zoo:
                 "split": where.get(r["id"], "unassigned"),
                 "run": r["provenance"].get("run"),
                 "step": r["provenance"].get("step"),
+                "kind": r["provenance"].get("kind", "td3_snapshot"),
+                "teacher": r["provenance"].get("teacher", ""),
                 "return_mean": r["return_mean"],
                 "return_std": r["return_std"],
             }

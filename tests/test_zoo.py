@@ -145,3 +145,31 @@ def test_ship_zoo_writes_a_loadable_zoo_with_its_provenance_and_refuses_what_it_
     (stage / "stage.json").write_text(json.dumps({"key": "k", "params": {**params, "training_dir": ""}}))
     with pytest.raises(ValueError, match="committed"):
         zoo.ship_zoo(stage, tmp_path / "elsewhere", command="x")
+
+
+def test_students_top_runs_up_from_their_own_teachers_and_join_the_zoo(tmp_path):
+    from nnae_utils.distill import DistillConfig, distill_many
+
+    runs = [fake_run(tmp_path / "runs", r, [1.0, 2.0][: 2 - (r == 1)]) for r in range(2)]
+    zoo_dir = tmp_path / "zoo"
+    records = zoo.build_zoo(zoo.select_candidates(runs, threshold=-1e9), zoo_dir, threshold=-1e9, episodes=1,
+                            provenance={"source": "test"}, progress=False)
+    cfg = DistillConfig(rounds=1, episodes_per_round=1, epochs_per_round=1, max_steps=20)
+    jobs, cands = zoo.plan_students(records, fill_to=4, config=cfg, zoo_dir=zoo_dir, work_dir=tmp_path / "students")
+    # run 0 has two teachers (two students, one each), run 1 one teacher (three students of it)
+    assert [(c.run, c.teacher) for c in cands] == [
+        (0, "run00_step0000500"), (0, "run00_step0001000"), (1, "run01_step0000500"), (1, "run01_step0000500"), (1, "run01_step0000500")]
+    assert [j.config.seed for j in jobs] == [0, 1, 1000, 1001, 1002]
+    assert len({c.id for c in cands}) == 5
+    weak = zoo.plan_students(records, fill_to=4, config=cfg, zoo_dir=zoo_dir, work_dir=tmp_path, teacher_min_return=1e9)
+    assert weak == ([], [])  # no run has a teacher strong enough: no students at all
+    distill_many(jobs, workers=1, progress=False)
+    records = zoo.build_zoo(cands, zoo_dir, threshold=-1e9, episodes=1, provenance={"source": "test"},
+                            progress=False, append=True)
+    assert len(records) == 8
+    student = next(r for r in records if r["provenance"]["kind"] == "dagger_student")
+    assert student["provenance"]["teacher"] == "run00_step0000500" and student["provenance"]["distill"]["seed"] == 0
+    assert "selection_return" not in student["provenance"]
+    split = zoo.split_zoo(records, by="network", validation=0, test=1, seed=0)
+    zoo.write_splits(zoo_dir, split, records)
+    assert zoo.load_zoo(zoo_dir).frame()["kind"].value_counts().to_dict() == {"dagger_student": 5, "td3_snapshot": 3}
