@@ -67,6 +67,7 @@ and only core-hours per 100k steps: no sample-efficiency figure is invented here
 """
 from __future__ import annotations
 
+# ruff: noqa: E402  (thread settings must precede importing torch)
 import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -379,7 +379,7 @@ def _save_checkpoint(folder: Path, state: evo.RunState, fingerprint: str, learne
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     buffer.save(tmp / "buffer.npz")
-    torch.save({"learners": [l.state_dict() for l in learners], "torch_rng": torch.get_rng_state(),
+    torch.save({"learners": [learner.state_dict() for learner in learners], "torch_rng": torch.get_rng_state(),
                 "generation": state.generation}, tmp / "learners.pt")
     (tmp / "log.json").write_text(json.dumps(log))
     state.save(tmp / "state.npz", fingerprint)

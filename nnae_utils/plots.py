@@ -126,7 +126,7 @@ def compression_sweep(sweep: pd.DataFrame, token_limits: dict | None = None):
 def ablation_bars(table: pd.DataFrame, value: str = "val_functional", ylabel: str = "validation functional loss"):
     """Bars of ``value`` per layer and training loss, one panel per form. ``table``: layer, form, loss, value."""
     forms = [f for f in FORM_ORDER if f in set(table["form"])]
-    losses = [l for l in [*LOSS_ORDER, "PCA"] if l in set(table["loss"])]
+    losses = [name for name in [*LOSS_ORDER, "PCA"] if name in set(table["loss"])]
     fig, axes = plt.subplots(1, len(forms), figsize=(5.5 * len(forms), 3.6), sharey=True, squeeze=False)
     for ax, form in zip(axes[0], forms):
         sns.barplot(data=table[table["form"] == form], x="layer", y=value, hue="loss", hue_order=losses,
@@ -227,7 +227,7 @@ METHOD_STYLE = {"flat": ("-", 0), "token": ("-", 1), "PCA flat": ("--", 0), "PCA
 
 def _layer_order(labels) -> list[str]:
     present = list(dict.fromkeys(str(x) for x in labels))
-    return [l for l in LAYER_LABEL_ORDER if l in present] + [l for l in present if l not in LAYER_LABEL_ORDER]
+    return [x for x in LAYER_LABEL_ORDER if x in present] + [x for x in present if x not in LAYER_LABEL_ORDER]
 
 
 def _levels(ax, levels, horizontal: bool = True) -> None:
@@ -315,7 +315,7 @@ def retention_by_loss(table: pd.DataFrame, levels=(0.98, 0.9)):
     """Retention with 95% CI per layer and training loss (functional, weights, both, dagger; PCA at the same
     latent size), one panel per form. ``table``: form, layer, loss, retention, low, high."""
     forms = [f for f in FORM_ORDER if f in set(table["form"])]
-    losses = [l for l in [*LOSS_ORDER, "pca"] if l in set(table["loss"])]
+    losses = [name for name in [*LOSS_ORDER, "pca"] if name in set(table["loss"])]
     layers = sorted(table["layer"].unique())
     palette = dict(zip([*LOSS_ORDER, "pca"], sns.color_palette("deep", 5)))
     width = 0.8 / max(len(losses), 1)
@@ -327,7 +327,7 @@ def retention_by_loss(table: pd.DataFrame, levels=(0.98, 0.9)):
             x = np.arange(len(layers)) + (j - (len(losses) - 1) / 2) * width
             ax.errorbar(x, d["retention"], yerr=[d["retention"] - d["low"], d["high"] - d["retention"]], fmt="s" if loss == "pca" else "o",
                         color=palette[loss], capsize=2.5, lw=1.3, ms=4.5, label="PCA" if loss == "pca" else loss)
-        ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
+        ax.set_xticks(np.arange(len(layers)), [f"layer {layer}" for layer in layers])
         ax.set(title=f"{form} form", ylabel="retention (decoded / input return)")
     axes[0, -1].legend(fontsize=8, title="training loss")
     fig.tight_layout()

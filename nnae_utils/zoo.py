@@ -217,7 +217,7 @@ def select_candidates(
 
 def plan_students(
     records: Sequence[Mapping[str, Any]], *, fill_to: int, config: Any, zoo_dir: Path, work_dir: Path,
-    teacher_min_return: float = -np.inf,
+    teacher_min_return: float = -np.inf, first: Mapping[int, int] | None = None,
 ) -> tuple[list[Any], list[Candidate]]:
     """DAgger students that top every run up to ``fill_to`` zoo networks.
 
@@ -226,15 +226,14 @@ def plan_students(
     often fall below the bar: ``benchmarks/distill_cost.py``), taken in turn in order of training
     step, so that the students spread over the run's training time as its snapshots do. A run with
     no teacher gets no students. Student ``k`` of run ``r`` has seed
-    ``1000 * r + k`` (with ``config``'s other settings), so every student of the zoo has its own.
+    ``1000 * r + k`` (with ``config``'s other settings), so every student of the zoo has its own;
+    ``first[r]`` is run r's first ``k`` (students numbered below it were planned before).
 
     Returns the :class:`nnae_utils.distill.StudentJob` list (files in ``work_dir``) and the
     matching zoo candidates.
     """
     from .distill import StudentJob, config_record
 
-    if fill_to >= 1000:
-        raise ValueError(f"fill_to must stay below 1000 (student seeds are 1000 * run + k), got {fill_to}")
     jobs, candidates = [], []
     for run in sorted({int(r["provenance"]["run"]) for r in records}):
         teachers = sorted(
@@ -243,7 +242,10 @@ def plan_students(
             key=lambda r: int(r["provenance"]["step"]),
         )
         members = sum(int(r["provenance"]["run"]) == run for r in records)
-        for k in range(max(0, fill_to - members) if teachers else 0):
+        start = int((first or {}).get(run, 0))
+        if start + fill_to - members >= 1000:
+            raise ValueError(f"run {run}: student numbers would pass 999 (seeds are 1000 * run + k)")
+        for k in range(start, start + max(0, fill_to - members) if teachers else start):
             teacher = teachers[k % len(teachers)]
             cfg = dataclasses.replace(config, seed=1000 * run + k)
             step = int(teacher["provenance"]["step"])
@@ -252,6 +254,31 @@ def plan_students(
             candidates.append(Candidate(run, step, None, path, student=k, teacher=teacher["id"],
                                         distill={**config_record(cfg), "seed": cfg.seed}))
     return jobs, candidates
+
+
+def top_up_with_students(
+    records: Sequence[Mapping[str, Any]], *, fill_to: int, config: Any, zoo_dir: Path, work_dir: Path,
+    teacher_min_return: float, threshold: float, episodes: int, provenance: Mapping[str, Any],
+    workers: int = 2, waves: int = 3, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Distill students (:func:`plan_students`), admit them as any candidate (:func:`build_zoo`),
+    and try again for runs still short of ``fill_to``, at most ``waves`` times: a student
+    sometimes falls below the bar even when its teacher does not. Returns the whole zoo's records."""
+    from .distill import distill_many
+
+    records = list(records)
+    planned: dict[int, int] = {}
+    for _ in range(waves):
+        jobs, candidates = plan_students(records, fill_to=fill_to, config=config, zoo_dir=zoo_dir, work_dir=work_dir,
+                                         teacher_min_return=teacher_min_return, first=planned)
+        if not jobs:
+            break
+        distill_many(jobs, workers=workers, progress=progress)
+        records = build_zoo(candidates, zoo_dir, threshold=threshold, episodes=episodes, provenance=provenance,
+                            progress=progress, append=True)
+        for c in candidates:
+            planned[c.run] = max(planned.get(c.run, 0), c.student + 1)
+    return records
 
 
 def build_zoo(

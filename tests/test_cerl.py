@@ -131,7 +131,9 @@ def test_resume_equals_an_uninterrupted_run(zoo, stage2, tmp_path):
     np.testing.assert_array_equal(resumed.state.population, full.state.population)
     np.testing.assert_array_equal(resumed.state.champion, full.state.champion)
     assert resumed.state.rng.bit_generator.state == full.state.rng.bit_generator.state
-    timeless = lambda log: {k: v for k, v in log.items() if k not in ("wall_s", "cpu_s", "update_s", "sessions", "generations")}
+    def timeless(log):
+        return {k: v for k, v in log.items() if k not in ("wall_s", "cpu_s", "update_s", "sessions", "generations")}
+
     assert json.dumps(timeless(resumed.log), sort_keys=True) == json.dumps(timeless(full.log), sort_keys=True)
     a = torch.load(tmp_path / "a" / cerl.CHECKPOINT_DIR / "learners.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / cerl.CHECKPOINT_DIR / "learners.pt", weights_only=True)

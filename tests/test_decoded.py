@@ -173,7 +173,7 @@ def _tiny_stage2(tmp_path, train):
             basis = ae.PCALayerCode.fit(train, layer, form, k=2)
             ae.save_pca(tmp_path / "pca" / f"layer{layer}_{form}.safetensors", basis)
     pd.DataFrame(rows).to_csv(tmp_path / "models.csv", index=False)
-    pca_rows = [{"layer": l, "form": f, "latent": k, "main": k == 2} for l in range(SPEC.n_layers) for f in ae.FORMS for k in (1, 2)]
+    pca_rows = [{"layer": i, "form": f, "latent": k, "main": k == 2} for i in range(SPEC.n_layers) for f in ae.FORMS for k in (1, 2)]
     pd.DataFrame(pca_rows).to_csv(tmp_path / "pca.csv", index=False)
     return tmp_path
 

@@ -78,3 +78,11 @@ def test_notebook_parameters_mirror_the_stage_dataclass_and_default_profile(stag
         assert info["inferred_type_name"] == expected_type, name
         assert info["help"], f"parameter {name} needs a comment"
         assert namespace[name] == default[name], f"{name}: notebook default differs from profiles/default.yaml"
+
+
+def test_code_passes_ruff():
+    """pyflakes and pycodestyle's errors (the selection in pyproject.toml) over the whole repository."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -62,8 +62,10 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
                         "return_std": float(result.returns[i].std()), "episodes": 2, "max_episode_steps": 1000,
                         "provenance": {}})
     write_index(tmp_path, records)
-    run = lambda: subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json")],
-                                 capture_output=True, text=True, timeout=120)
+    def run():
+        return subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json")],
+                              capture_output=True, text=True, timeout=120)
+
     out = run()
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]

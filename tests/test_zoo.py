@@ -167,9 +167,29 @@ def test_students_top_runs_up_from_their_own_teachers_and_join_the_zoo(tmp_path)
     records = zoo.build_zoo(cands, zoo_dir, threshold=-1e9, episodes=1, provenance={"source": "test"},
                             progress=False, append=True)
     assert len(records) == 8
+    again, _ = zoo.plan_students(records, fill_to=5, config=cfg, zoo_dir=zoo_dir, work_dir=tmp_path, first={0: 2, 1: 3})
+    assert [j.config.seed for j in again] == [2, 1003]  # one more each, numbered after the first wave
     student = next(r for r in records if r["provenance"]["kind"] == "dagger_student")
     assert student["provenance"]["teacher"] == "run00_step0000500" and student["provenance"]["distill"]["seed"] == 0
     assert "selection_return" not in student["provenance"]
     split = zoo.split_zoo(records, by="network", validation=0, test=1, seed=0)
     zoo.write_splits(zoo_dir, split, records)
     assert zoo.load_zoo(zoo_dir).frame()["kind"].value_counts().to_dict() == {"dagger_student": 5, "td3_snapshot": 3}
+
+
+def test_top_up_retries_runs_left_short(tmp_path):
+    from nnae_utils.distill import DistillConfig
+
+    runs = [fake_run(tmp_path / "runs", 0, [1.0])]
+    zoo_dir = tmp_path / "zoo"
+    records = zoo.build_zoo(zoo.select_candidates(runs, threshold=-1e9), zoo_dir, threshold=-1e9, episodes=1,
+                            provenance={}, progress=False)
+    cfg = DistillConfig(rounds=1, episodes_per_round=1, epochs_per_round=1, max_steps=20)
+    common = dict(fill_to=3, config=cfg, zoo_dir=zoo_dir, work_dir=tmp_path / "s", teacher_min_return=-1e9,
+                  episodes=1, provenance={}, workers=1, progress=False)
+    # a bar no student passes: every wave distills the whole shortfall again, under new numbers
+    records = zoo.top_up_with_students(records, threshold=1e9, waves=2, **common)
+    assert len(records) == 1 and len(list((tmp_path / "s").glob("*.safetensors"))) == 4
+    records = zoo.top_up_with_students(records, threshold=-1e9, waves=2, **common)
+    assert sorted(r["id"] for r in records) == ["run00_step0000500", "run00_step0000500_student000",
+                                                 "run00_step0000500_student001"]
