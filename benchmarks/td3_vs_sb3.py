@@ -400,6 +400,21 @@ def report(out_dir: Path, steps: int | None = None) -> dict:
             "env_steps_per_wall_s": {k: round(v[-1]["step"] / v[-1]["wall_s"], 2) for k, v in by_seed.items() if v[-1]["wall_s"] > 0},
         }
     ours, sb3 = (summary["implementations"].get(k, {}) for k in IMPLS)
+    # does ours learn like SB3? The difference of means over seeds, with a two-sample bootstrap CI
+    # and Welch's t-test: with three seeds a side, only a large difference can show.
+    for metric in ("final_return", "auc_mean_return"):
+        a = list(ours.get(metric, {}).get("per_seed", {}).values())
+        b = list(sb3.get(metric, {}).get("per_seed", {}).values())
+        if len(a) >= 2 and len(b) >= 2:
+            diff = stats.bootstrap((np.asarray(a), np.asarray(b)), lambda x, y: np.mean(x) - np.mean(y),
+                                   confidence_level=0.95, n_resamples=10_000, method="percentile",
+                                   rng=np.random.default_rng(0))
+            summary.setdefault("ours_minus_sb3", {})[metric] = {
+                "difference_of_means": round(float(np.mean(a) - np.mean(b)), 2),
+                "ci95": [round(float(diff.confidence_interval.low), 2), round(float(diff.confidence_interval.high), 2)],
+                "welch_t_test_p": round(float(stats.ttest_ind(a, b, equal_var=False).pvalue), 4),
+                "n": [len(a), len(b)],
+            }
     if ours.get("updates_per_s", {}).get("mean") and sb3.get("updates_per_s", {}).get("mean"):
         summary["speed_ratio_ours_over_sb3_in_run"] = round(ours["updates_per_s"]["mean"] / sb3["updates_per_s"]["mean"], 4)
     for speed_dir in (out_dir, out_dir.parent if out_dir.name == "quick" else out_dir):
