@@ -39,6 +39,10 @@ from .rollouts import evaluate
 from .seeds import eval_seeds
 
 
+CPU_SECONDS_KEY = "distill_cpu_s"
+"""Metadata key of a student file written by :func:`distill_many`: CPU seconds its distillation took."""
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings of one DAgger student."""
@@ -120,11 +124,16 @@ def distill(teacher: Network, cfg: DistillConfig, *, teacher_id: str = "") -> Di
 
 
 def _distill_to_file(teacher_path: str, cfg: DistillConfig, out_path: str, teacher_id: str) -> str:
+    import time
+
     import torch
 
     torch.set_num_threads(1)
+    start = time.process_time()
     result = distill(load_network(teacher_path), cfg, teacher_id=teacher_id)
-    save_network(out_path, result.network)  # atomic: a killed job leaves no student behind
+    net = result.network
+    net.extra_metadata[CPU_SECONDS_KEY] = f"{time.process_time() - start:.3f}"  # what the zoo's provenance sums
+    save_network(out_path, net)  # atomic: a killed job leaves no student behind
     return out_path
 
 

@@ -260,25 +260,34 @@ def top_up_with_students(
     records: Sequence[Mapping[str, Any]], *, fill_to: int, config: Any, zoo_dir: Path, work_dir: Path,
     teacher_min_return: float, threshold: float, episodes: int, provenance: Mapping[str, Any],
     workers: int = 2, waves: int = 3, progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Distill students (:func:`plan_students`), admit them as any candidate (:func:`build_zoo`),
     and try again for runs still short of ``fill_to``, at most ``waves`` times: a student
-    sometimes falls below the bar even when its teacher does not. Returns the whole zoo's records."""
-    from .distill import distill_many
+    sometimes falls below the bar even when its teacher does not.
+
+    Returns the whole zoo's records, and a report: students distilled and admitted, and the CPU
+    seconds all of them took (admitted or not, as each file records it).
+    """
+    from .distill import CPU_SECONDS_KEY, distill_many
 
     records = list(records)
     planned: dict[int, int] = {}
+    distilled: list[Path] = []
     for _ in range(waves):
         jobs, candidates = plan_students(records, fill_to=fill_to, config=config, zoo_dir=zoo_dir, work_dir=work_dir,
                                          teacher_min_return=teacher_min_return, first=planned)
         if not jobs:
             break
-        distill_many(jobs, workers=workers, progress=progress)
+        distilled += distill_many(jobs, workers=workers, progress=progress)
         records = build_zoo(candidates, zoo_dir, threshold=threshold, episodes=episodes, provenance=provenance,
                             progress=progress, append=True)
         for c in candidates:
             planned[c.run] = max(planned.get(c.run, 0), c.student + 1)
-    return records
+    cpu = sum(float(load_network(p).extra_metadata.get(CPU_SECONDS_KEY, "nan")) for p in distilled)
+    report = {"students_distilled": len(distilled),
+              "students_admitted": sum(r["provenance"].get("kind") == "dagger_student" for r in records),
+              "distill_cpu_s": round(cpu, 1)}
+    return records, report
 
 
 def build_zoo(
@@ -506,9 +515,12 @@ def ship_zoo(stage_dir: str | os.PathLike, destination: str | os.PathLike, *, co
     records = [{**r, "provenance": {**r["provenance"], "training_dir": str(training_dir)}} for r in source.records]
     write_index(staging, records)
     summary = json.loads((stage_dir / "summary.json").read_text())
+    training = sum(r["core_seconds"] or 0.0 for r in runs.values()) / 3600
+    distilling = summary.get("students", {}).get("distill_cpu_s", 0.0) / 3600
     provenance = {
         "command": command, "stage_key": stage["key"], "params": params, "summary": summary, "runs": runs,
-        "training_core_hours": round(sum(r["core_seconds"] or 0.0 for r in runs.values()) / 3600, 3),
+        "training_core_hours": round(training, 3), "distill_core_hours": round(distilling, 3),
+        "core_hours": round(training + distilling, 3),
     }
     (staging / SHIPPED_PROVENANCE).write_text(json.dumps(provenance, indent=1, default=str))
     os.replace(staging, destination)

@@ -121,7 +121,7 @@ def test_ship_zoo_writes_a_loadable_zoo_with_its_provenance_and_refuses_what_it_
                             provenance={"source": "td3", "settings": "abc123"})
     zoo.write_splits(stage / "zoo", zoo.split_zoo(records, by="run", validation=1, test=1, seed=0), records)
     pd.DataFrame({"run": [0], "step": [500], "return_mean": [1.0]}).to_csv(stage / "training_curves.csv", index=False)
-    (stage / "summary.json").write_text(json.dumps({"n_networks": len(records)}))
+    (stage / "summary.json").write_text(json.dumps({"n_networks": len(records), "students": {"distill_cpu_s": 1800.0}}))
     params = {"zoo_source": "train", "training_dir": str(training), "critic_hidden": [32, 32]}
     (stage / "stage.json").write_text(json.dumps({"key": "k", "params": params}))
 
@@ -132,6 +132,7 @@ def test_ship_zoo_writes_a_loadable_zoo_with_its_provenance_and_refuses_what_it_
     prov = json.loads((shipped / zoo.SHIPPED_PROVENANCE).read_text())
     assert prov["command"].endswith("--profile zoo --only data") and prov["params"] == params
     assert prov["training_core_hours"] == 3.0 and sorted(prov["runs"]) == ["0", "1", "2"]
+    assert prov["distill_core_hours"] == 0.5 and prov["core_hours"] == 3.5
     assert prov["runs"]["2"]["critic"] and not prov["runs"]["0"]["critic"]
     assert prov["runs"]["0"]["buffer_refilled_at_steps"] == [500] and prov["runs"]["0"]["sessions"] == 2
     assert len(zoo.read_shipped_curves(shipped)) == 1
@@ -188,8 +189,10 @@ def test_top_up_retries_runs_left_short(tmp_path):
     common = dict(fill_to=3, config=cfg, zoo_dir=zoo_dir, work_dir=tmp_path / "s", teacher_min_return=-1e9,
                   episodes=1, provenance={}, workers=1, progress=False)
     # a bar no student passes: every wave distills the whole shortfall again, under new numbers
-    records = zoo.top_up_with_students(records, threshold=1e9, waves=2, **common)
+    records, report = zoo.top_up_with_students(records, threshold=1e9, waves=2, **common)
     assert len(records) == 1 and len(list((tmp_path / "s").glob("*.safetensors"))) == 4
-    records = zoo.top_up_with_students(records, threshold=-1e9, waves=2, **common)
+    assert report["students_distilled"] == 4 and report["students_admitted"] == 0 and report["distill_cpu_s"] > 0
+    records, report = zoo.top_up_with_students(records, threshold=-1e9, waves=2, **common)
+    assert report["students_distilled"] == 2 and report["students_admitted"] == 2
     assert sorted(r["id"] for r in records) == ["run00_step0000500", "run00_step0000500_student000",
                                                  "run00_step0000500_student001"]
