@@ -273,3 +273,76 @@ def test_done_when_ends_the_run_as_finished(tmp_path):
     assert again.finished and again.step == 900
     longer = train_td3(TINY, run_dir, progress=False, done_when=EnoughCandidates(-1e9, 4, 300))  # a stricter rule goes on
     assert longer.step == 1200
+
+
+def test_update_is_stable_baselines3s_update(monkeypatch):
+    """Our TD3 update against a reference implementation: stable-baselines3's TD3, built as
+    benchmarks/td3_vs_sb3.py builds it, given our initial weights, the same minibatches and the same
+    torch seed (target-policy noise), must end up with the same weights after several updates
+    (actor steps and target updates included), up to float rounding."""
+    import sys
+
+    import gymnasium as gym
+
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.logger import Logger
+
+    from nnae_utils.pipeline import PROJECT_ROOT
+    from nnae_utils.td3 import Batch
+
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT))
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    from benchmarks.td3_vs_sb3 import make_sb3
+
+    torch.set_num_threads(1)
+    cfg = TD3Config(seed=0, actor_hidden=(16, 16), critic_hidden=(32, 32))
+    torch.manual_seed(0)
+    ours = TD3Learner.from_config(cfg, 11, 3)
+    ref = make_sb3(cfg, gym.make(cfg.env_id), buffer_size=1000)
+    ref.set_logger(Logger(folder=None, output_formats=[]))
+
+    def linears(seq):
+        return [m for m in seq if isinstance(m, torch.nn.Linear)]
+
+    def copy_into(dst, src_pairs):
+        for d, (w, b) in zip(linears(dst), src_pairs):
+            d.weight.data.copy_(w)
+            d.bias.data.copy_(b)
+
+    actor = [(layer.weight.data, layer.bias.data) for layer in ours.actor.layers]
+    copy_into(ref.actor.mu, actor)
+    copy_into(ref.actor_target.mu, actor)
+    for i, q in enumerate([ours.critic.q1, ours.critic.q2]):
+        pairs = [(m.weight.data, m.bias.data) for m in linears(q)]
+        copy_into(ref.critic.q_networks[i], pairs)
+        copy_into(ref.critic_target.q_networks[i], pairs)
+
+    rng = np.random.default_rng(1)
+    n = 1000
+    obs, next_obs = rng.normal(size=(n, 11)), rng.normal(size=(n, 11))
+    act = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    rew = rng.normal(size=n).astype(np.float32)
+    term = (rng.uniform(size=n) < 0.1).astype(np.float32)
+    buf = ref.replay_buffer
+    buf.observations[:, 0], buf.next_observations[:, 0], buf.actions[:, 0] = obs, next_obs, act
+    buf.rewards[:, 0], buf.dones[:, 0], buf.full = rew, term, True
+
+    def max_diff(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+    for k in range(6):  # policy_delay 2: three actor and target updates
+        idx = np.random.default_rng(10 + k).integers(0, n, 256)
+        draws = iter([idx, np.zeros(256, int)])  # SB3's buffer draws the batch, then the env of each (one env)
+        with monkeypatch.context() as m:
+            m.setattr(np.random, "randint", lambda *a, **kw: next(draws))
+            torch.manual_seed(100 + k)
+            ref.train(gradient_steps=1, batch_size=256)
+        torch.manual_seed(100 + k)
+        ours.update(Batch(obs[idx].astype(np.float32), act[idx], rew[idx, None], next_obs[idx].astype(np.float32),
+                          term[idx, None]))
+    assert ref._n_updates == ours.n_updates == 6
+    assert max_diff(ours.actor.parameters(), [p for m in linears(ref.actor.mu) for p in (m.weight, m.bias)]) < 1e-5
+    assert max_diff(ours.actor_target.parameters(), [p for m in linears(ref.actor_target.mu) for p in (m.weight, m.bias)]) < 1e-5
+    assert max_diff(ours.critic.parameters(), ref.critic.parameters()) < 1e-5
+    assert max_diff(ours.critic_target.parameters(), ref.critic_target.parameters()) < 1e-5
+    assert max_diff(ours.actor.parameters(), [p for m in linears(ref.actor_target.mu) for p in (m.weight, m.bias)]) > 1e-4  # it learned
