@@ -227,6 +227,8 @@ class DataParams(StageParams):
     """Top each run up to this many networks with DAgger students of its admitted snapshots (0: none; students are labelled in index.json)."""
     teacher_min_return: float = -1e9
     """A run's admitted snapshots teach DAgger students only if their reported return reaches this (students of marginal teachers often fall below the bar)."""
+    stop_after_teachers: int = 0
+    """With stop_after_candidates: a run also trains on until this many of its evaluations reach teacher_min_return (0: no such condition)."""
     distill_rounds: int = 6
     """DAgger rounds of each student (round 0 on the teacher's trajectories, then on the student's own)."""
     distill_episodes: int = 8
@@ -258,8 +260,10 @@ class DataParams(StageParams):
         )
         if not 0 <= self.fill_with_students < 1000:
             raise ParameterError(f"data: fill_with_students must lie in [0, 1000), got {self.fill_with_students}")
-        if self.learning_starts < 0 or self.min_snapshot_step < 0 or self.stop_after_candidates < 0:
-            raise ParameterError("data: learning_starts, min_snapshot_step and stop_after_candidates must be >= 0")
+        if min(self.learning_starts, self.min_snapshot_step, self.stop_after_candidates, self.stop_after_teachers) < 0:
+            raise ParameterError("data: learning_starts, min_snapshot_step, stop_after_candidates and stop_after_teachers must be >= 0")
+        if self.stop_after_teachers and not self.stop_after_candidates:
+            raise ParameterError("data: stop_after_teachers adds a condition to stop_after_candidates, which is 0 (never stop early)")
         if self.learning_starts >= self.steps_per_run and self.zoo_source == "train":
             raise ParameterError(
                 f"data: learning_starts ({self.learning_starts}) must be below steps_per_run ({self.steps_per_run})"

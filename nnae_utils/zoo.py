@@ -46,7 +46,9 @@ EPISODE_CAP = 1000  # zoo scores are whole Hopper-v5 episodes (its TimeLimit)
 @dataclass(frozen=True)
 class EnoughCandidates:
     """A TD3 run's stopping rule: done once ``count`` of its evaluations at or after ``min_step``
-    reached ``threshold``, i.e. once it holds enough candidate snapshots for the zoo.
+    reached ``threshold``, i.e. once it holds enough candidate snapshots for the zoo, and (when
+    ``strong_count`` > 0) ``strong_count`` of them reached ``strong_threshold``: snapshots strong
+    enough to teach DAgger students (:func:`top_up_with_students`).
 
     A run that keeps training after that only adds candidates that
     :func:`select_candidates` would thin out again, at about two core-hours per million steps.
@@ -57,15 +59,21 @@ class EnoughCandidates:
         False
         >>> rule([{"step": "100", "return_mean": "2600"}, {"step": "105", "return_mean": "2500"}])
         True
+        >>> strong = EnoughCandidates(threshold=2500.0, count=2, min_step=100, strong_threshold=3000.0, strong_count=1)
+        >>> strong([{"step": "100", "return_mean": "2600"}, {"step": "105", "return_mean": "2500"}])
+        False
     """
 
     threshold: float
     count: int
     min_step: int = 0
+    strong_threshold: float = float("inf")
+    strong_count: int = 0
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> bool:
-        passing = sum(int(r["step"]) >= self.min_step and float(r["return_mean"]) >= self.threshold for r in rows)
-        return passing >= self.count
+        late = [float(r["return_mean"]) for r in rows if int(r["step"]) >= self.min_step]
+        return (sum(x >= self.threshold for x in late) >= self.count
+                and sum(x >= self.strong_threshold for x in late) >= self.strong_count)
 
 
 def run_folder(training_root: str | os.PathLike, settings: str, run_seed: int) -> Path:
