@@ -216,7 +216,7 @@ class DataParams(StageParams):
     selection_episodes: int = 5
     """Episodes of the in-training evaluation that selects candidate snapshots."""
     return_threshold: float = 0.0
-    """A snapshot joins the zoo when its selection return and its admission return reach this."""
+    """A snapshot joins the zoo when its selection, admission and report returns all reach this."""
     min_snapshot_step: int = 0
     """Snapshots before this step are never candidates."""
     stop_after_candidates: int = 0

@@ -7,8 +7,9 @@ A zoo is a folder of networks in the suite's format (see :mod:`nnae_utils.polici
    saves the snapshot (:func:`nnae_utils.td3.train_td3`);
 2. snapshots whose selection return reaches the threshold are candidates, at most
    ``max_per_run`` per run, spread evenly over training time;
-3. each candidate is scored on fresh *admission* seeds; those that reach the threshold again join;
-4. members are scored once more on fresh *report* seeds: that is the return ``index.json`` reports.
+3. each candidate is scored on fresh *admission* seeds; those that reach the threshold again
+4. are scored once more on fresh *report* seeds, and join if they reach it a third time: that is
+   the return ``index.json`` reports.
 
 Example:
     >>> records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(4) for k in range(2)]
@@ -308,8 +309,12 @@ def build_zoo(
     progress: bool = True,
     append: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score candidates on fresh admission seeds, keep those reaching ``threshold``, score the members
-    on fresh report seeds, and write them with ``index.json`` into ``out_dir``.
+    """Score candidates on fresh admission seeds and keep those reaching ``threshold``; score those on
+    fresh report seeds and keep those reaching it again; write them with ``index.json`` into ``out_dir``.
+
+    A member thus reaches the bar on two independent sets of ``episodes`` fresh episodes, and its
+    reported return (the report seeds') reaches it by construction; an unsteady network (one that
+    sometimes falls) rarely passes both.
 
     ``append``: add the new members to the zoo already in ``out_dir`` (for students of its members).
     Returns the records of the whole zoo.
@@ -329,6 +334,8 @@ def build_zoo(
     if keep:
         report = evaluate([nets[i] for i in keep], report_seeds, max_steps=EPISODE_CAP, progress=progress)
         for j, i in enumerate(keep):
+            if report.returns[j].mean() < threshold:
+                continue
             c = candidates[i]
             save_network(out_dir / f"{c.id}.safetensors", nets[i])
             records.append(

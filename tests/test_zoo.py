@@ -196,3 +196,22 @@ def test_top_up_retries_runs_left_short(tmp_path):
     assert report["students_distilled"] == 2 and report["students_admitted"] == 2
     assert sorted(r["id"] for r in records) == ["run00_step0000500", "run00_step0000500_student000",
                                                  "run00_step0000500_student001"]
+
+
+def test_a_member_must_reach_the_threshold_on_the_report_seeds_too(tmp_path):
+    from nnae_utils.policies import load_network
+    from nnae_utils.rollouts import evaluate
+
+    runs = [fake_run(tmp_path / "runs", 0, [1.0] * 6)]
+    cands = zoo.select_candidates(runs, threshold=-1e9)
+    nets = [load_network(c.path) for c in cands]
+    admission = evaluate(nets, eval_seeds("zoo_admission", 2), max_steps=zoo.EPISODE_CAP).returns.mean(axis=1)
+    report = evaluate(nets, eval_seeds("zoo_report", 2), max_steps=zoo.EPISODE_CAP).returns.mean(axis=1)
+    i = int(np.argmax(admission - report))
+    assert admission[i] > report[i]  # a network that does worse on the report seeds
+    threshold = (admission[i] + report[i]) / 2
+    records = zoo.build_zoo(cands, tmp_path / "zoo", threshold=threshold, episodes=2, provenance={}, progress=False)
+    kept = {r["id"] for r in records}
+    assert cands[i].id not in kept and all(r["return_mean"] >= threshold for r in records)
+    assert kept == {c.id for c, a, r in zip(cands, admission, report) if a >= threshold and r >= threshold}
+    assert sorted(p.stem for p in (tmp_path / "zoo").glob("*.safetensors")) == sorted(kept)  # no file left behind
