@@ -76,3 +76,13 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     write_index(tmp_path, records)
     out = run()
     assert out.returncode == 1 and not json.loads(out.stdout.splitlines()[-1])["agree"]
+
+    # an independent check on other seeds: never a mismatch, counts the networks at the bar
+    fresh = evaluate(nets, [40, 41, 42]).returns.mean(axis=1)
+    bar = float(np.sort(fresh)[0]) + 1e-9  # exactly one network below it
+    out = subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json"), "--fresh-seeds", "40", "3",
+                          "--bar", repr(bar)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [round(line["fresh"], 6) for line in lines[:-1]] == [round(float(x), 6) for x in fresh]
+    assert lines[-1]["fresh_seeds"] == [40, 42] and lines[-1]["at_or_above_bar"] == 1
