@@ -106,9 +106,10 @@ LOG_VERSION = 2  # 2: probed migrants' episode returns and network files
 
 
 @dataclass(frozen=True)
-class CERLConfig:
-    """One run's settings. Fields shared with :class:`nnae_utils.evolution.EvolutionConfig` carry the
-    same names and meanings on purpose: evolution's operators and champion rule read them."""
+class CERLConfig(evo.GASettings):
+    """One run's settings: the population's (:class:`nnae_utils.evolution.GASettings`, which
+    evolution's operators and champion rule read, here with CERL's defaults), then the budget, the
+    learners, migration and the machine."""
 
     # ---- budget and evaluation
     budget_steps: int = 100_000
@@ -121,28 +122,13 @@ class CERLConfig:
     batches, resource manager) and the exploration noise."""
     fitness_seed_offset: int = 0
     """Where in the evolution_fitness seed range the run's counted episodes start (one block per replicate)."""
-    report_episodes: int = 5
-    """Fresh episodes (champion_report seeds) that score each new champion; never used to select, never counted."""
-    # ---- the population (GA)
+    # ---- the population (GA): evo.GASettings, with CERL's defaults
     pop_size: int = 10
-    """Individuals (CERL: 10); 0 runs the learners alone (TD3 alone through the same loop)."""
-    sigma: float = 0.1
-    """Mutation std in units of the genome's per-coordinate ``scale`` (stage 4 calibrates it)."""
+    """Individuals (CERL: 10); 0 runs the learners alone (TD3 alone through the same loop). The
+    learners' actors also compete for champion."""
     selection: str = "tournament"
-    """Parent selection: 'tournament' (CERL) or 'truncation' (Deep GA)."""
-    tournament_size: int = 3
-    """Individuals per tournament (CERL: 3)."""
     truncation: int = 3
-    """Truncation selection: parents are drawn from the top this many."""
-    crossover_prob: float = 0.0
-    """Probability that a child is the crossover of two parents (rows of weight matrices, or latent coordinates)."""
-    fitness_episodes: int = 1
-    """Episodes per individual per generation, on shared reset seeds."""
-    elite_candidates: int = 3
-    """Best individuals by fitness that compete for champion (with the elite carried over, the learners'
-    actors and the previous champion)."""
     elite_episodes: int = 1
-    """Extra episodes per champion candidate (counted); the champion is the best by them alone."""
     # ---- the learners (TD3)
     gammas: tuple[float, ...] = (0.99,)
     """Discount rate of each TD3 learner: the portfolio (CERL: 0.9, 0.99, 0.997, 0.9995)."""
@@ -196,12 +182,12 @@ class CERLConfig:
     def __post_init__(self) -> None:
         for name in ("gammas", "critic_hidden"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("budget_steps", "max_steps", "report_episodes", "tournament_size", "truncation",
-                     "fitness_episodes", "elite_candidates", "elite_episodes", "batch_size", "buffer_size",
+        self.check_population("CERLConfig")
+        for name in ("budget_steps", "max_steps", "batch_size", "buffer_size",
                      "policy_delay", "migration_every", "physics_threads", "torch_threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CERLConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("pop_size", "learner_episodes", "learning_starts", "probe_episodes", "seed", "fitness_seed_offset",
+        for name in ("learner_episodes", "learning_starts", "probe_episodes", "seed", "fitness_seed_offset",
                      "exploration_noise", "warmup_noise", "policy_noise", "noise_clip", "updates_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CERLConfig.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -209,20 +195,13 @@ class CERLConfig:
             raise ValueError(f"CERLConfig.gammas must be a non-empty list of discounts in [0, 1], got {self.gammas}")
         if not self.critic_hidden or any(int(h) <= 0 for h in self.critic_hidden):
             raise ValueError(f"CERLConfig.critic_hidden must be positive widths, got {self.critic_hidden}")
-        if self.pop_size:
-            if self.pop_size < self.n_learners + 2:
-                raise ValueError(f"CERLConfig.pop_size must be 0 or at least n_learners + 2 = {self.n_learners + 2} "
-                                 f"(an elite, a child and one slot per migrant), got {self.pop_size}")
-            if self.elite_candidates > self.pop_size or self.truncation > self.pop_size:
-                raise ValueError("CERLConfig: elite_candidates and truncation must not exceed pop_size")
-            if not self.sigma > 0:
-                raise ValueError(f"CERLConfig.sigma must be > 0, got {self.sigma}")
-        if self.selection not in evo.SELECTIONS:
-            raise ValueError(f"CERLConfig.selection must be one of {evo.SELECTIONS}, got {self.selection!r}")
+        if self.pop_size and self.pop_size < self.n_learners + 2:
+            raise ValueError(f"CERLConfig.pop_size must be 0 or at least n_learners + 2 = {self.n_learners + 2} "
+                             f"(an elite, a child and one slot per migrant), got {self.pop_size}")
         if self.resource_manager not in RESOURCE_MANAGERS:
             raise ValueError(f"CERLConfig.resource_manager must be one of {RESOURCE_MANAGERS}, got {self.resource_manager!r}")
-        if not 0.0 <= self.crossover_prob <= 1.0 or not 0.0 < self.value_ema <= 1.0 or not 0.0 < self.tau <= 1.0:
-            raise ValueError("CERLConfig: crossover_prob must lie in [0, 1], value_ema and tau in (0, 1]")
+        if not 0.0 < self.value_ema <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise ValueError("CERLConfig: value_ema and tau must lie in (0, 1]")
         if not (self.actor_lr > 0 and self.critic_lr > 0 and self.ucb_c >= 0):
             raise ValueError("CERLConfig: learning rates must be > 0 and ucb_c >= 0")
         if self.pop_size == 0 and self.learner_episodes == 0:

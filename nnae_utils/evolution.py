@@ -81,13 +81,10 @@ SEEDS_PER_REPLICATE = 1_000_000
 
 
 @dataclass(frozen=True)
-class EvolutionConfig:
-    """One run's algorithm and evaluation settings (the genome and the start are given separately)."""
+class GASettings:
+    """The population's settings, shared by evolution alone (:class:`EvolutionConfig`) and CERL's
+    population (:class:`nnae_utils.cerl.CERLConfig`): the operators and the champion rule below read them."""
 
-    method: str = "ga"
-    """'ga' (Deep-GA-style genetic algorithm) or 'cma' (CMA-ES, ask/tell)."""
-    budget_steps: int = 300_000
-    """Environment steps the run may spend on fitness and elite re-evaluation episodes."""
     pop_size: int = 32
     """Individuals per generation (GA) or CMA-ES's lambda."""
     sigma: float = 0.1
@@ -103,11 +100,38 @@ class EvolutionConfig:
     fitness_episodes: int = 1
     """Episodes per individual per generation; every individual plays the same reset seeds."""
     elite_candidates: int = 3
-    """Top individuals by fitness re-evaluated each generation to choose the champion (plus the previous champion)."""
+    """Top individuals by fitness that compete for champion (with the previous champion) each generation."""
     elite_episodes: int = 2
-    """Extra episodes per elite candidate (counted in the budget); the champion is the best by them."""
+    """Extra episodes per champion candidate (counted in the budget); the champion is the best by them alone."""
     report_episodes: int = 5
-    """Fresh episodes (champion_report seeds) that score each generation's champion; never used to select."""
+    """Fresh episodes (champion_report seeds) that score each new champion; never used to select, never counted."""
+
+    def check_population(self, owner: str) -> None:
+        """Range checks of these settings (``pop_size`` 0 passes: a run with no population)."""
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"{owner}.selection must be one of {SELECTIONS}, got {self.selection!r}")
+        for name in ("truncation", "tournament_size", "fitness_episodes", "elite_candidates", "elite_episodes",
+                     "report_episodes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{owner}.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.pop_size < 0:
+            raise ValueError(f"{owner}.pop_size must be >= 0, got {self.pop_size}")
+        if self.pop_size and (self.truncation > self.pop_size or self.elite_candidates > self.pop_size):
+            raise ValueError(f"{owner}: truncation and elite_candidates must not exceed pop_size")
+        if not self.sigma > 0:
+            raise ValueError(f"{owner}.sigma must be > 0, got {self.sigma}")
+        if not 0.0 <= self.crossover_prob <= 1.0:
+            raise ValueError(f"{owner}.crossover_prob must lie in [0, 1], got {self.crossover_prob}")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig(GASettings):
+    """One run's algorithm and evaluation settings (the genome and the start are given separately)."""
+
+    method: str = "ga"
+    """'ga' (Deep-GA-style genetic algorithm) or 'cma' (CMA-ES, ask/tell)."""
+    budget_steps: int = 300_000
+    """Environment steps the run may spend on fitness and elite re-evaluation episodes."""
     max_steps: int = 1000
     """Episode cap (Hopper-v5's time limit is 1000)."""
     cma_full_max_dim: int = 2000
@@ -121,20 +145,12 @@ class EvolutionConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        for name in ("budget_steps", "pop_size", "fitness_episodes", "elite_candidates", "elite_episodes",
-                     "report_episodes", "max_steps", "truncation", "tournament_size"):
+        self.check_population("EvolutionConfig")
+        for name in ("budget_steps", "pop_size", "max_steps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"EvolutionConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.method == "ga" and self.pop_size < 2:
             raise ValueError("the GA needs pop_size >= 2 (one elite and at least one child)")
-        if self.truncation > self.pop_size or self.elite_candidates > self.pop_size:
-            raise ValueError("truncation and elite_candidates must not exceed pop_size")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if not 0.0 <= self.crossover_prob <= 1.0:
-            raise ValueError(f"crossover_prob must lie in [0, 1], got {self.crossover_prob}")
 
     def generation_cost_bound(self) -> int:
         """Most env steps one generation can spend: every fitness and elite episode at the cap."""
