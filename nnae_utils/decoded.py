@@ -279,6 +279,21 @@ class DecodeJob:
         return f"{self.source_id}__{self.variant.name}"
 
 
+def spread_subset(items: Sequence[Any], at_most: int) -> list[Any]:
+    """At most ``at_most`` of ``items``, evenly spaced in their order (all when ``at_most`` is 0).
+
+    A zoo's ids sort by run and training step, so the subset spreads over runs and training time.
+
+    Example:
+        >>> spread_subset(list("abcdefg"), 3)
+        ['a', 'd', 'g']
+    """
+    items = list(items)
+    if not at_most or len(items) <= at_most:
+        return items
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, at_most).round().astype(int))]
+
+
 def decode_jobs(networks: Mapping[str, Sequence[tuple[str, Network]]], variants: Sequence[Variant],
                 splits_of: Mapping[str, Sequence[str]]) -> list[DecodeJob]:
     """Decode the networks of the splits ``splits_of[variant.name]`` with each variant.

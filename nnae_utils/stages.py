@@ -368,6 +368,8 @@ class DecodedEvalParams(StageParams):
     """Score the stage-2 loss ablation (weights only, both, DAgger) at the main latent size."""
     pca: bool = True
     """Score the per-layer PCA baseline at every latent size stage 2 evaluated it."""
+    max_networks_per_split: int = 0
+    """Networks of each split decoded and scored, spread evenly over its runs and training steps (0: all); caps the cost on a large zoo."""
     episodes: int = 20
     """Paired episodes per network (the same decoded_report reset seeds for input and decoded networks)."""
     max_episode_steps: int = 1000
@@ -390,6 +392,8 @@ class DecodedEvalParams(StageParams):
     def validate(self) -> None:
         self._positive("episodes", "max_episode_steps", "n_boot", "explorer_steps", "explorer_directions",
                        "torch_threads", "thresholds")
+        if self.max_networks_per_split < 0:
+            raise ParameterError(f"{self.STAGE}: max_networks_per_split must be >= 0 (0: all), got {self.max_networks_per_split}")
         known = ("train", "validation", "test")
         for name in ("splits", "extra_splits"):
             values = getattr(self, name)
