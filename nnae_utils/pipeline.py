@@ -651,6 +651,19 @@ def benchmarks_markdown(figures: Path) -> str:
     if not cost and not distill:
         out.append(missing)
 
+    out.append("\n## DAgger students against snapshots, in weight space\n\n`python benchmarks/students_vs_snapshots.py`\n")
+    far = _read_result("students_vs_snapshots.json")
+    if far:
+        out.append(f"Relative distance per layer, ||W - W_teacher|| / ||W_teacher||, from a snapshot returning "
+                   f"{far['teacher_return']:.0f} ({far['teacher']}), raw and after weight matching (the other network's "
+                   "hidden units reordered to best match the teacher's). The shipped zoo has no students for this reason "
+                   "(see the Reproduce page).\n")
+        out.append("| network | return | raw (layers 0, 1, 2) | matched (layers 0, 1, 2) |\n|---|---|---|---|")
+        out += [f"| {r['network']} | {r['return']:.0f} | {', '.join(f'{x:.2f}' for x in r['raw'])} "
+                f"| {', '.join(f'{x:.2f}' for x in r['matched'])} |" for r in far["rows"]]
+    else:
+        out.append(missing)
+
     out.append("\n## The functional loss\n\n`python benchmarks/functional_loss.py`\n")
     loss = _read_result("functional_loss.json")
     if loss:
