@@ -1,6 +1,7 @@
 """How far from a TD3 snapshot, in weight space, lie a DAgger student of it, a later snapshot of
 the same run, and a snapshot of another run: raw, and after weight matching (the other network's
-hidden units reordered to best match the snapshot's, ``nnae_utils.policies.match_hidden_units``).
+hidden units reordered to best match the snapshot's, ``nnae_utils.autoencoders.align_hidden_units``,
+as stage 2 aligns networks).
 
     python benchmarks/students_vs_snapshots.py      # ~2 min; writes results/students_vs_snapshots.json
 
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nnae_utils.distill import DistillConfig, distill  # noqa: E402
-from nnae_utils.policies import load_network, match_hidden_units  # noqa: E402
+from nnae_utils.autoencoders import align_hidden_units  # noqa: E402
+from nnae_utils.policies import load_network  # noqa: E402
 from nnae_utils.provenance import code_revision, machine, runtime_versions  # noqa: E402
 from nnae_utils.rollouts import evaluate  # noqa: E402
 from nnae_utils.seeds import eval_seeds  # noqa: E402
@@ -52,7 +54,7 @@ def main() -> int:
     rows = []
     for (name, net), ret in zip(nets.items(), returns[1:]):
         rows.append({"network": name, "return": round(float(ret), 1), "raw": distances(net, teacher),
-                     "matched": distances(match_hidden_units(net, teacher), teacher)})
+                     "matched": distances(align_hidden_units(net, teacher), teacher)})
         print(f"{name:28s} return {ret:6.0f}  raw {rows[-1]['raw']}  matched {rows[-1]['matched']}", flush=True)
     out = {"command": "python benchmarks/students_vs_snapshots.py", "teacher": str(TEACHER.relative_to(ROOT)),
            "teacher_return": round(float(returns[0]), 1), "what": __doc__.split("\n\n")[2], "rows": rows,

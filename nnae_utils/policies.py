@@ -322,66 +322,6 @@ def load_network(path: str | os.PathLike) -> Network:
         raise NetworkFormatError(f"{path}: {exc}") from exc
 
 
-def permute_hidden_units(net: Network, perms: Sequence[np.ndarray]) -> Network:
-    """The same function with its hidden units reordered: unit ``perms[k][j]`` of hidden layer
-    ``k`` moves to position ``j`` (its incoming row, bias and LayerNorm entries, and its outgoing
-    column go with it). Hidden units carry no order, so the network's actions do not change."""
-    spec = net.spec
-    if len(perms) != len(spec.hidden):
-        raise ValueError(f"need one permutation per hidden layer ({len(spec.hidden)}), got {len(perms)}")
-    params = dict(net.params)
-    for k, p in enumerate(perms):
-        p = np.asarray(p)
-        if sorted(p.tolist()) != list(range(spec.hidden[k])):
-            raise ValueError(f"perms[{k}] is not a permutation of {spec.hidden[k]} units")
-        for name in (f"layers.{k}.weight", f"layers.{k}.bias", f"layers.{k}.norm.weight", f"layers.{k}.norm.bias"):
-            if name in params:
-                params[name] = params[name][p]
-        params[f"layers.{k + 1}.weight"] = params[f"layers.{k + 1}.weight"][:, p]
-    return Network(spec, params, dict(net.extra_metadata))
-
-
-def match_hidden_units(net: Network, reference: Network, max_sweeps: int = 100) -> Network:
-    """``net`` with its hidden units reordered to best match ``reference``'s: weight matching
-    (Ainsworth, Hayase & Srinivasa 2023), which maximises the inner product of the two networks'
-    parameters over hidden-unit permutations, one hidden layer at a time (a linear assignment
-    each) until no permutation changes. Same function as ``net``; same architecture as
-    ``reference`` required.
-
-    Example:
-        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
-        >>> ref = Network.random(spec, seed=0)
-        >>> shuffled = permute_hidden_units(ref, [np.random.default_rng(1).permutation(8) for _ in range(2)])
-        >>> bool(np.allclose(match_hidden_units(shuffled, ref).flat(), ref.flat()))
-        True
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    if net.spec != reference.spec:
-        raise ValueError("match_hidden_units needs two networks of the same architecture")
-    spec = net.spec
-    perms = [np.arange(h) for h in spec.hidden]
-    for _ in range(max_sweeps):
-        changed = False
-        for k in range(len(spec.hidden)):
-            current = permute_hidden_units(net, perms)  # the other layers as matched so far
-            a, b = reference.params, current.params
-            # similarity of reference unit i and (current) unit j of hidden layer k: incoming rows,
-            # biases, LayerNorm entries and outgoing columns
-            sim = a[f"layers.{k}.weight"] @ b[f"layers.{k}.weight"].T + np.outer(a[f"layers.{k}.bias"], b[f"layers.{k}.bias"])
-            for name in (f"layers.{k}.norm.weight", f"layers.{k}.norm.bias"):
-                if name in a:
-                    sim += np.outer(a[name], b[name])
-            sim += a[f"layers.{k + 1}.weight"].T @ b[f"layers.{k + 1}.weight"]
-            step = linear_sum_assignment(sim, maximize=True)[1]
-            if not np.array_equal(step, np.arange(spec.hidden[k])):
-                perms[k] = perms[k][step]
-                changed = True
-        if not changed:
-            break
-    return permute_hidden_units(net, perms)
-
-
 def stack_params(networks: Sequence[Network]) -> tuple[NetworkSpec, dict[str, np.ndarray]]:
     """Stack same-architecture networks: every tensor gets a leading axis of size P."""
     if not networks:

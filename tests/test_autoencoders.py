@@ -360,5 +360,6 @@ def test_alignment_keeps_the_function_and_undoes_a_permutation(spec):
     np.testing.assert_array_equal(ae.align_hidden_units(shuffled, ref).flat(), ref.flat())
     aligned = ae.align_hidden_units(other, ref)  # another network: reordered, same actions
     np.testing.assert_allclose(aligned.act(x), other.act(x), rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(aligned.flat() - ref.flat()) <= np.linalg.norm(other.flat() - ref.flat())  # never farther
     with pytest.raises(ValueError, match="not a permutation"):
         ae.permute_hidden_units(ref, [np.zeros(h, int) for h in spec.hidden])

@@ -153,28 +153,3 @@ def test_index_round_trip_and_checks(tmp_path):
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(NetworkFormatError, match="not valid JSON"):
         read_index(tmp_path)
-
-
-@pytest.mark.parametrize("layer_norm", ["none", "after"])
-def test_hidden_unit_permutations_keep_the_function_and_weight_matching_undoes_them(layer_norm):
-    from nnae_utils.policies import match_hidden_units, permute_hidden_units
-
-    spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(16, 12, 8), layer_norm=layer_norm)
-    ref = Network.random(spec, seed=0)
-    if layer_norm != "none":  # LayerNorm parameters that differ per unit, so that matching must move them
-        rng = np.random.default_rng(5)
-        for k in range(3):
-            ref.params[f"layers.{k}.norm.weight"] = rng.uniform(0.5, 1.5, spec.hidden[k]).astype(np.float32)
-    rng = np.random.default_rng(1)
-    perms = [rng.permutation(h) for h in spec.hidden]
-    shuffled = permute_hidden_units(ref, perms)
-    obs = rng.normal(size=(50, 11)).astype(np.float32)
-    np.testing.assert_allclose(shuffled.act(obs), ref.act(obs), atol=1e-6)
-    assert not np.allclose(shuffled.flat(), ref.flat())
-    np.testing.assert_array_equal(match_hidden_units(shuffled, ref).flat(), ref.flat())
-    other = Network.random(spec, seed=7)  # an unrelated network: matched, same function, closer weights
-    matched = match_hidden_units(other, ref)
-    np.testing.assert_allclose(matched.act(obs), other.act(obs), atol=1e-6)
-    assert np.linalg.norm(matched.flat() - ref.flat()) < np.linalg.norm(other.flat() - ref.flat())
-    with pytest.raises(ValueError, match="permutation"):
-        permute_hidden_units(ref, [np.zeros(16, int), perms[1], perms[2]])
