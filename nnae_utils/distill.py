@@ -1,10 +1,12 @@
 """DAgger distillation: a student network that acts like a strong teacher, from its own initial weights.
 
-A TD3 run spends most of its cost (about 400k steps, 1.5-2 core-hours here) before its actor first
-solves Hopper; after that, a snapshot every 5k steps costs ~80 core-seconds and often dips below
-the bar. Distilling an admitted snapshot into students with other seeds costs ~20 core-seconds a
-student (``benchmarks/distill_cost.py``), and each student is a network of its own: other initial
-weights, so other hidden-unit order and other weights, acting like its teacher. The zoo labels
+A TD3 run spends most of its cost (260k-375k steps, about an hour of a core here) before its actor
+first solves Hopper; after that, a candidate snapshot costs at least 46 CPU-seconds and many dip
+below the bar. A student of a strong snapshot costs about 15 CPU-seconds
+(``benchmarks/distill_cost.py``), and is a network of its own: other initial weights, so other
+hidden-unit order and other weights, acting like its teacher. That is also why the shipped zoo
+has none: in weight space a student is as far from its teacher as a network of another run
+(``benchmarks/students_vs_snapshots.py``). The zoo labels
 students in ``index.json`` (``provenance.kind``) and keeps them in their teacher's run for the splits.
 
 DAgger (Ross, Gordon & Bagnell, 2011): round 0 rolls out the teacher; every later round rolls out
@@ -99,6 +101,7 @@ def distill(teacher: Network, cfg: DistillConfig, *, teacher_id: str = "") -> Di
     order = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.learning_rate)
     states = np.zeros((0, spec.obs_dim), np.float32)
+    labels = np.zeros((0, spec.act_dim), np.float32)  # the teacher's actions on ``states``
     rows = []
     for round_ in range(cfg.rounds):
         actor = teacher if round_ == 0 else actor_to_network(spec, student)
@@ -106,9 +109,10 @@ def distill(teacher: Network, cfg: DistillConfig, *, teacher_id: str = "") -> Di
             actor, cfg.reset_seeds(round_), nthread=1, max_steps=cfg.max_steps, record="observations",
             action_noise=cfg.rollout_noise, noise_seed=cfg.seed if cfg.rollout_noise > 0 else None,
         )
-        states = np.concatenate([states, rollout.observations.astype(np.float32)])
-        x = torch.from_numpy(states)
-        y = torch.from_numpy(teacher.act(states).astype(np.float32))
+        visited = rollout.observations.astype(np.float32)
+        states = np.concatenate([states, visited])
+        labels = np.concatenate([labels, teacher.act(visited).astype(np.float32)])  # only the new states
+        x, y = torch.from_numpy(states), torch.from_numpy(labels)
         loss = torch.zeros(())
         for _ in range(cfg.epochs_per_round):
             perm = torch.randperm(len(x), generator=order)
