@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .backends import ENV_VAR as BACKEND_ENV_VAR, RAY_HINT, RaySettings, parse_backend
+from .published import digest as published_digest
 from .stages import STAGE_RECORD, STAGES, STAGES_BY_NAME, MissingInputError, ParameterError, Stage, StageParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,9 @@ def cache_key(stage: Stage, params: StageParams, upstream_keys: Mapping[str, str
         "source": src_hash,
         "upstream": dict(upstream_keys),
     }
+    beside = getattr(params, "shown_beside", "")
+    if beside:  # the chapter shows that profile's published run: a new publication recomputes it
+        payload["published"] = published_digest(beside, stage.folder)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,12 @@ class StageParams:
         value = getattr(self, name)
         if not (0.0 <= value < 1.0 or (closed_high and value == 1.0)):
             raise ParameterError(f"{self.STAGE}: {name} must lie in [0, 1), got {value!r}")
+
+    def _check_shown_beside(self) -> None:
+        name = self.shown_beside
+        if name and (not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == Path(self.run_dir).name):
+            raise ParameterError(f"{self.STAGE}: shown_beside must be another profile's name (or empty), got {name!r} "
+                                 f"for the run folder {self.run_dir}")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -468,6 +475,8 @@ class LatentEvolutionParams(StageParams):
     """Points of the common env-step grid on which curves are aligned and summarised."""
     n_boot: int = 2000
     """Bootstrap replicates of every confidence interval."""
+    shown_beside: str = "long"
+    """Profile whose published run of this stage (results/<profile>/, see nnae_utils.published) the chapter shows beside its own; empty: none."""
     physics_threads: int = 0
     """MuJoCo threads of the batched evaluation; 0 uses every core."""
     torch_threads: int = 1
@@ -507,6 +516,7 @@ class LatentEvolutionParams(StageParams):
             raise ParameterError(f"latent_evolution: ae_form must be flat or token, got {self.ae_form!r}")
         if self.best_layer < -1 or self.physics_threads < 0:
             raise ParameterError("latent_evolution: best_layer must be >= -1 and physics_threads >= 0")
+        self._check_shown_beside()
         if self.n_seeds > 80:
             raise ParameterError("latent_evolution: at most 80 seeds (the evolution_fitness seed range holds 80 replicate blocks)")
         bound = (self.pop_size * self.fitness_episodes + (self.elite_candidates + 1) * self.elite_episodes) * self.max_episode_steps
@@ -599,6 +609,8 @@ class CERLParams(StageParams):
     """Points of the common env-step grid on which curves are aligned and summarised."""
     n_boot: int = 2000
     """Bootstrap replicates of every confidence interval."""
+    shown_beside: str = "long"
+    """Profile whose published run of this stage (results/<profile>/, see nnae_utils.published) the chapter shows beside its own; empty: none."""
     jobs: int = 2
     """Runs trained in parallel (one process, one torch thread and one physics thread each)."""
     physics_threads: int = 0
@@ -660,6 +672,7 @@ class CERLParams(StageParams):
             raise ParameterError("cerl_comparison: ae_form must be flat or token, best_layer >= -1")
         if "td3" in self.variants and self.learner_episodes == 0:
             raise ParameterError("cerl_comparison: td3 alone needs learner_episodes > 0 to gather any data")
+        self._check_shown_beside()
         if self.n_seeds > 80:
             raise ParameterError("cerl_comparison: at most 80 seeds (the evolution_fitness seed range holds 80 replicate blocks)")
 

@@ -1,0 +1,203 @@
+"""Results of runs too long for the book's own profile, committed to the repository.
+
+The book is built from the ``default`` run, about an hour on 2 cores. The ``long`` run takes
+core-hours in the background; its results are *published*: the small files of each finished
+stage (``summary.json``, the ``.csv`` tables and curves, the stage record with every parameter,
+and the networks it scored: ``champions/``, ``migrants/``) are copied into
+``results/<profile>/<stage folder>/``, with a ``published.json`` that names the command, the date,
+the code revision, the stage's wall time and the software versions. The stage notebooks show a
+published run beside their own, labeled with its profile and budget.
+
+Command line::
+
+    python -m nnae_utils.published runs/long              # publish stages 4 and 5 of runs/long
+    python -m nnae_utils.published runs/long --stages latent_evolution
+
+Example:
+    >>> import tempfile, json
+    >>> run = Path(tempfile.mkdtemp()) / "long"
+    >>> (run / "04_latent_evolution").mkdir(parents=True)
+    >>> _ = (run / "04_latent_evolution" / "summary.json").write_text(json.dumps({"budget_steps": 10}))
+    >>> _ = (run / "04_latent_evolution" / "states.npz").write_bytes(b"big, not published")
+    >>> root = Path(tempfile.mkdtemp())
+    >>> [p.name for p in publish(run, stages=["latent_evolution"], root=root, command="test")]
+    ['04_latent_evolution']
+    >>> sorted(p.name for p in (root / "long" / "04_latent_evolution").iterdir())
+    ['published.json', 'summary.json']
+    >>> load("long", "04_latent_evolution", root=root).summary["budget_steps"]
+    10
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from .provenance import code_revision, machine, runtime_versions
+from .stages import STAGES_BY_NAME
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED_ROOT = PROJECT_ROOT / "results"
+META_FILE = "published.json"
+TABLE_SUFFIXES = (".json", ".csv")
+NETWORK_FOLDERS = ("champions", "migrants")
+"""Folders of networks in the suite's format that a stage scored (re-scorable from the repository)."""
+DEFAULT_STAGES = ("latent_evolution", "cerl_comparison")
+"""The stages whose long runs the book shows beside the default run's (their outputs are small)."""
+MAX_BYTES = 40 * 2**20
+"""A published stage larger than this is refused: the repository holds summaries, not run folders."""
+
+
+def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGES, profile: str | None = None,
+            root: str | os.PathLike = PUBLISHED_ROOT, command: str | None = None) -> list[Path]:
+    """Copy the small results of every finished stage of ``run_dir`` into ``root/<profile>/<folder>``.
+
+    ``profile`` defaults to the run folder's name (``runs/long`` -> ``long``). A stage with no
+    ``summary.json`` (not finished) is skipped; one whose files exceed :data:`MAX_BYTES` is refused
+    before anything is written. An earlier publication of the same stage is replaced as a whole.
+    """
+    run_dir, root = Path(run_dir), Path(root)
+    profile = profile or run_dir.name
+    unknown = [s for s in stages if s not in STAGES_BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGES_BY_NAME)}")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").is_file() else {}
+    plans = []
+    for name in stages:
+        source = run_dir / STAGES_BY_NAME[name].folder
+        if not (source / "summary.json").is_file():
+            continue
+        files = [p for p in source.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES]
+        files += [p for folder in NETWORK_FOLDERS if (source / folder).is_dir() for p in (source / folder).iterdir()
+                  if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        if size > MAX_BYTES:
+            raise ValueError(f"{source}: {size / 2**20:.0f} MiB to publish, more than {MAX_BYTES / 2**20:.0f} MiB")
+        plans.append((name, source, files))
+    written = []
+    for name, source, files in plans:
+        dest = root / profile / source.name
+        staging = dest.with_name(dest.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        for path in files:
+            target = staging / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        meta = {
+            "profile": profile, "stage": name, "run_dir": str(run_dir),
+            "command": command or " ".join([Path(sys.executable).name, "-m", "nnae_utils.published", *sys.argv[1:]]),
+            "published": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "stage_wall_seconds": (timings.get(name) or {}).get("wall_seconds"),
+            "code_revision": code_revision(), "versions": runtime_versions(), "machine": machine(),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+        written.append(dest)
+    return written
+
+
+@dataclass(frozen=True)
+class PublishedStage:
+    """One published stage: its summary, its stage record and its publication record."""
+
+    profile: str
+    folder: Path
+    summary: Mapping[str, Any]
+    meta: Mapping[str, Any]
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """The stage's parameters as the run recorded them (``stage.json``), or {}."""
+        path = self.folder / "stage.json"
+        return json.loads(path.read_text()).get("params", {}) if path.is_file() else {}
+
+    def csv(self, name: str) -> pd.DataFrame:
+        return pd.read_csv(self.folder / name)
+
+    def caption(self) -> str:
+        """One sentence naming the profile, its scale and where the numbers come from."""
+        s, wall = self.summary, self.meta.get("stage_wall_seconds")
+        scale = [f"{s['n_seeds']} seeds" if "n_seeds" in s else None,
+                 f"{s['budget_steps']:,} env steps per run" if "budget_steps" in s else None,
+                 f"stage wall time {wall / 3600:.1f} h" if wall else None]
+        return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), published "
+                f"{str(self.meta.get('published', '?'))[:10]} from code revision "
+                f"`{str(self.meta.get('code_revision', '?'))[:12]}` into `{self._relative()}`.")
+
+    def _relative(self) -> str:
+        try:
+            return str(self.folder.relative_to(PROJECT_ROOT))
+        except ValueError:
+            return str(self.folder)
+
+
+def load(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED_ROOT) -> PublishedStage | None:
+    """The published results of ``profile``'s stage ``stage_folder`` (e.g. ``04_latent_evolution``), or None."""
+    folder = Path(root) / profile / stage_folder
+    if not (folder / "summary.json").is_file() or not (folder / META_FILE).is_file():
+        return None
+    return PublishedStage(profile, folder, json.loads((folder / "summary.json").read_text()),
+                          json.loads((folder / META_FILE).read_text()))
+
+
+def digest(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED_ROOT) -> str:
+    """A hash of every published file of ``profile``'s stage (empty string: nothing published)."""
+    import hashlib
+
+    folder = Path(root) / profile / stage_folder
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def results_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """The final-score table of a stage 4 or 5 summary: IQM and mean with their CIs, steps to each level."""
+    def interval(d: Mapping[str, float]) -> str:
+        return f"{d['point']:.0f} [{d['low']:.0f}, {d['high']:.0f}]"
+
+    rows = []
+    for key, entry in summary.get("results", {}).items():
+        start, label = key.split("|", 1)
+        row = {"start": start, "label": label, "runs": entry["runs"], "IQM [95% CI]": interval(entry["iqm"]),
+               "mean [95% CI]": interval(entry["mean"])}
+        row.update({k.removeprefix("steps_to "): v["text"] for k, v in entry.items() if k.startswith("steps_to ")})
+        if entry.get("core_hours") is not None:
+            row["core-hours"] = round(entry["core_hours"], 2)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["start", "label"]) if rows else pd.DataFrame()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run folder, e.g. runs/long")
+    parser.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), help="stage names")
+    parser.add_argument("--profile", default=None, help="name to publish under (default: the run folder's name)")
+    args = parser.parse_args(argv)
+    written = publish(args.run_dir, stages=args.stages, profile=args.profile)
+    for path in written:
+        print(f"published {path}")
+    if not written:
+        print(f"nothing to publish: no stage of {args.stages} has finished in {args.run_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
