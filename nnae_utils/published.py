@@ -132,7 +132,8 @@ class PublishedStage:
         s, wall = self.summary, self.meta.get("stage_wall_seconds")
         scale = [f"{s['n_seeds']} seeds" if "n_seeds" in s else None,
                  f"{s['budget_steps']:,} env steps per run" if "budget_steps" in s else None,
-                 f"stage wall time {wall / 3600:.1f} h" if wall else None]
+                 (f"stage wall time {wall / 3600:.1f} h" if wall >= 3600 else f"stage wall time {wall / 60:.0f} min")
+                 if wall else None]
         return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), published "
                 f"{str(self.meta.get('published', '?'))[:10]} from code revision "
                 f"`{str(self.meta.get('code_revision', '?'))[:12]}` into `{self._relative()}`.")
