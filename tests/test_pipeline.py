@@ -139,3 +139,18 @@ def test_benchmark_page_reads_the_committed_results_and_says_what_is_missing(tmp
     assert (tmp_path / "td3_vs_sb3.png").is_file()
     monkeypatch.setattr(pipeline, "BENCHMARK_RESULTS", tmp_path / "nothing")
     assert pipeline.benchmarks_markdown(tmp_path).count("No committed result") == 5
+
+
+@pytest.mark.slow
+def test_the_shipped_zoo_loads_and_stage_1_writes_what_a_trained_zoo_does(smoke_run, tmp_path):
+    """Stages 2-5 read stage 1's files whichever way the zoo came: loading the committed zoo must
+    write the same set of files as training one (the smoke run trained its own)."""
+    run_dir, _, _ = smoke_run
+    shipped = PROJECT_ROOT / "zoo" / "hopper-v5"
+    proc = cli("--profile", "smoke", "--only", "data", "--run-dir", str(tmp_path / "run"),
+               "-p", f"data.zoo_source={shipped}", "-p", "data.state_episodes=1", "-p", "data.n_states=500")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded, trained = tmp_path / "run" / "01_data", run_dir / "01_data"
+    assert sorted(p.name for p in loaded.iterdir()) == sorted(p.name for p in trained.iterdir())
+    summary = json.loads((loaded / "summary.json").read_text())
+    assert summary["n_networks"] >= 128 and summary["n_runs"] >= 4 and summary["return_min"] >= 2500
