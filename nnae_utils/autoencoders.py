@@ -909,12 +909,18 @@ def train_layer_autoencoder(
     train: LayerData,
     val: LayerData,
     *,
+    stop_on: LayerData | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train one layer autoencoder; validate after every epoch; stop early; return the best epoch's model.
 
     Read top to bottom: set-up, then per epoch (DAgger refresh, gradient steps, evaluation on the
     fixed train and validation states, early stopping), then the best weights are restored.
+
+    ``stop_on``: the networks whose objective decides early stopping and the epoch kept (None: ``val``).
+    Validation networks of *other training runs* may never improve after the first epochs while the
+    train networks keep improving; held-out networks of the train runs then pick a model that fits
+    the runs it learnt from, and ``val`` still measures, every epoch, how far that carries to others.
 
     Example:
         >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
@@ -977,17 +983,23 @@ def train_layer_autoencoder(
         tr = evaluate_code(model, train, std)
         va = evaluate_code(model, val, std)
         val_objective = float(_objective(cfg, va["functional"], va["weight_mse"]))
-        history.append({
+        record = {
             "epoch": epoch, "train_objective": float(np.mean(running)),
             "train_functional": tr["functional"], "train_weight_mse": tr["weight_mse"],
             "val_functional": va["functional"], "val_weight_mse": va["weight_mse"], "val_objective": val_objective,
-            "seconds": time.perf_counter() - start,
-        })
-        bar.set_postfix(val=f"{val_objective:.4g}")
+        }
+        stop_objective = val_objective
+        if stop_on is not None:
+            ho = evaluate_code(model, stop_on, std)
+            stop_objective = float(_objective(cfg, ho["functional"], ho["weight_mse"]))
+            record.update(holdout_functional=ho["functional"], holdout_weight_mse=ho["weight_mse"],
+                          holdout_objective=stop_objective)
+        history.append({**record, "seconds": time.perf_counter() - start})
+        bar.set_postfix(val=f"{val_objective:.4g}", stop=f"{stop_objective:.4g}")
 
-        # 4. early stopping on the validation objective (relative improvement of min_delta)
-        if val_objective < best_value * (1 - cfg.min_delta):
-            best_value, best_epoch, stale = val_objective, epoch, 0
+        # 4. early stopping (relative improvement of min_delta) on stop_on's objective, else validation's
+        if stop_objective < best_value * (1 - cfg.min_delta):
+            best_value, best_epoch, stale = stop_objective, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1

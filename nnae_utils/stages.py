@@ -317,6 +317,10 @@ class LayerAEParams(StageParams):
     """Upper bound on epochs per autoencoder (early stopping usually ends training sooner)."""
     steps_per_epoch: int = 20
     """Gradient steps between two validations."""
+    stop_on: str = "validation"
+    """Networks whose objective decides early stopping and the epoch kept: validation (the validation split: other training runs) or train_holdout (every holdout_every-th snapshot of each train run, not trained on)."""
+    holdout_every: int = 5
+    """With stop_on: train_holdout, every holdout_every-th network of each train run (in step order) is held out."""
     patience: int = 10
     """Epochs without progress on the validation objective before training stops."""
     min_delta: float = 0.002
@@ -344,8 +348,12 @@ class LayerAEParams(StageParams):
         self._positive(
             "sweep_ratios", "max_flat_latent", "flat_hidden", "token_hidden", "lr", "max_epochs", "steps_per_epoch",
             "patience", "networks_per_batch", "states_per_batch", "eval_states", "dagger_every", "dagger_networks",
-            "rollout_max_steps", "torch_threads",
+            "rollout_max_steps", "torch_threads", "holdout_every",
         )
+        if self.stop_on not in ("validation", "train_holdout"):
+            raise ParameterError(f"layer_autoencoders: stop_on must be validation or train_holdout, got {self.stop_on!r}")
+        if self.stop_on == "train_holdout" and self.holdout_every < 2:
+            raise ParameterError("layer_autoencoders: holdout_every must be >= 2 (1 would hold out every train network)")
         if self.main_ratio < 1.0 or any(r < 1.0 for r in self.sweep_ratios):
             raise ParameterError(
                 f"layer_autoencoders: compression ratios must be >= 1, got main_ratio={self.main_ratio}, "

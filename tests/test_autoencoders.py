@@ -197,6 +197,22 @@ def test_training_reduces_validation_loss_and_stops_early(data, form):
     assert {"train_functional", "val_functional", "val_weight_mse", "train_objective"} <= set(res.history[0])
 
 
+def test_stopping_networks_decide_the_epoch_kept_and_validation_is_still_recorded(data):
+    train, val = data
+    cfg = tiny_config(lr=3e-3, max_epochs=12, steps_per_epoch=3, patience=3, min_delta=0.0)
+    # stopping on the train networks themselves: their loss keeps falling, so training runs longer
+    # than it would on validation, and the kept epoch is the best on them, not on validation
+    res = ae.train_layer_autoencoder(cfg, train, val, stop_on=train)
+    stop = [h["holdout_objective"] for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmin(stop))
+    assert all(np.isfinite(h["val_functional"]) for h in res.history)
+    assert ae.evaluate_code(res.model, train, 1.0)["functional"] == pytest.approx(res.best["holdout_functional"], rel=1e-5)
+    plain = ae.train_layer_autoencoder(cfg, train, val)
+    assert "holdout_objective" not in plain.history[0]
+    assert [h["val_functional"] for h in plain.history[: len(res.history)]] == \
+        [h["val_functional"] for h in res.history[: len(plain.history)]]  # the same training, another stopping rule
+
+
 def test_training_is_seeded(data):
     train, val = data
     a = ae.train_layer_autoencoder(tiny_config(max_epochs=2), train, val)
@@ -335,6 +351,8 @@ def test_error_cases(tmp_path, zoo, data):
         ({"lr": -1.0}, "lr must be > 0"),
         ({"weight_loss_coef": -1.0}, "weight_loss_coef must be >= 0"),
         ({"flat_hidden": "wide"}, "flat_hidden must be an integer"),
+        ({"stop_on": "test"}, "stop_on must be validation or train_holdout"),
+        ({"stop_on": "train_holdout", "holdout_every": 1}, "holdout_every must be >= 2"),
     ],
 )
 def test_bad_stage_parameters_are_rejected(values, message):
