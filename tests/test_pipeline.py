@@ -154,3 +154,13 @@ def test_the_shipped_zoo_loads_and_stage_1_writes_what_a_trained_zoo_does(smoke_
     assert sorted(p.name for p in loaded.iterdir()) == sorted(p.name for p in trained.iterdir())
     summary = json.loads((loaded / "summary.json").read_text())
     assert summary["n_networks"] >= 128 and summary["n_runs"] >= 4 and summary["return_min"] >= 2500
+
+
+@pytest.mark.slow
+def test_stage_3_scores_the_loss_ablation_on_every_extra_split(smoke_run):
+    run_dir, _, _ = smoke_run
+    stage = run_dir / "03_decoded_evaluation"
+    summary = json.loads((stage / "summary.json").read_text())
+    assert set(summary["loss_variant_median_retention_by_split"]) == {"train"}  # extra_splits minus the headline
+    assert {"functional", "weights", "both", "dagger", "pca"} <= set(summary["loss_variant_median_retention_by_split"]["train"])
+    assert (stage / "retention_ablation_train.csv").is_file()
