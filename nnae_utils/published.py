@@ -138,6 +138,10 @@ class PublishedStage:
                 f"{str(self.meta.get('published', '?'))[:10]} from code revision "
                 f"`{str(self.meta.get('code_revision', '?'))[:12]}` into `{self._relative()}`.")
 
+    def title(self) -> str:
+        """A figure title: ``'profile long: 5 seeds, 1,000,000 env steps per run'``."""
+        return f"profile {self.profile}: {self.summary['n_seeds']} seeds, {self.summary['budget_steps']:,} env steps per run"
+
     def _relative(self) -> str:
         try:
             return str(self.folder.relative_to(PROJECT_ROOT))
@@ -152,6 +156,16 @@ def load(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED
         return None
     return PublishedStage(profile, folder, json.loads((folder / "summary.json").read_text()),
                           json.loads((folder / META_FILE).read_text()))
+
+
+def beside_sentence(profile: str, stage: PublishedStage | None) -> str:
+    """What a chapter says of ``profile``'s published run of its stage (``stage``, from :func:`load`):
+    its caption and computed verdicts, or that nothing is published (or that no profile is named)."""
+    if not profile:
+        return "This chapter shows no other profile's run (`shown_beside` is empty)."
+    if stage is None:
+        return f"No run of the `{profile}` profile has been published for this stage yet."
+    return stage.caption() + " Its verdicts: " + " ".join(stage.summary.get("verdicts", {}).values())
 
 
 def digest(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED_ROOT) -> str:

@@ -49,6 +49,10 @@ def test_publish_copies_tables_and_networks_only(tmp_path):
     assert table.loc[("finetune", "ga/weights"), "IQM [95% CI]"] == "12 [1, 20]"
     assert table.loc[("finetune", "ga/weights"), "gain >= 10%"] == "not reached (1/5 runs)"
     assert published.load("long", "05_cerl_comparison", root=root) is None
+    assert stage.title() == "profile long: 5 seeds, 300,000 env steps per run"
+    assert published.beside_sentence("long", stage).startswith(caption)
+    assert "has been published" in published.beside_sentence("long", None)
+    assert "shows no other profile" in published.beside_sentence("", None)
 
 
 def test_publish_replaces_an_earlier_publication_whole(tmp_path):
