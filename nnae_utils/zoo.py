@@ -7,9 +7,9 @@ A zoo is a folder of networks in the suite's format (see :mod:`nnae_utils.polici
    saves the snapshot (:func:`nnae_utils.td3.train_td3`);
 2. snapshots whose selection return reaches the threshold are candidates, at most
    ``max_per_run`` per run, spread evenly over training time;
-3. each candidate is scored on fresh *admission* seeds; those that reach the threshold again
-4. are scored once more on fresh *report* seeds, and join if they reach it a third time: that is
-   the return ``index.json`` reports.
+3. each candidate is scored on fresh *admission* seeds; those that reach the threshold again go on;
+4. they are scored once more on fresh *report* seeds, and join if they reach it a third time: that
+   is the return ``index.json`` reports.
 
 Example:
     >>> records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(4) for k in range(2)]
