@@ -325,8 +325,9 @@ class LayerAEConfig:
     """'functional' (the paper's), 'weights' (normalised MSE), 'both' (their sum), 'dagger' (functional on visited states too)."""
     weight_loss_coef: float = 1.0
     """Weight of the normalised weight MSE in the 'both' loss."""
-    lr: float = 1e-3
-    """Adam learning rate."""
+    lr: float = 3e-4
+    """Adam learning rate. At 1e-3 the flat form diverges on a real zoo's 64x64 layer, with either loss:
+    its ELU units saturate and it decodes every network alike (benchmarks/functional_loss_training.py)."""
     max_epochs: int = 60
     """Upper bound on epochs; early stopping usually ends training sooner."""
     steps_per_epoch: int = 20

@@ -311,8 +311,8 @@ class LayerAEParams(StageParams):
     """Hidden width of the flat encoder and decoder (raised to the latent size if smaller)."""
     token_hidden: int = 64
     """Hidden width of the shared neuron-token encoder and decoder."""
-    lr: float = 1e-3
-    """Adam learning rate."""
+    lr: float = 3e-4
+    """Adam learning rate (at 1e-3 the flat autoencoders diverge on the shipped zoo: benchmarks/functional_loss_training.py)."""
     max_epochs: int = 60
     """Upper bound on epochs per autoencoder (early stopping usually ends training sooner)."""
     steps_per_epoch: int = 20
