@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -198,9 +199,9 @@ def main() -> None:
                   f"AE saturated {row['autoencoder_saturated']:.2f}  {row['seconds']:.0f}s", flush=True)
     out = Path(args.out or f"benchmarks/results/functional_loss_training_layer{args.layer}.json")
     out.write_text(json.dumps({
-        "command": "python benchmarks/functional_loss_training.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("out",)),
+        "command": shlex.join(["python", "benchmarks/functional_loss_training.py"] + [
+            str(item) for k, v in vars(args).items() if k != "out"
+            for item in [f"--{k.replace('_', '-')}", *(v if isinstance(v, list) else [v])]]),
         "zoo": str(Path(args.run_dir) / "01_data" / "zoo"), "mean_layer": mean,
         "input_networks_dead_share": inputs_dead, "rows": rows,
         "code_revision": code_revision(), "machine": machine(), "versions": runtime_versions(),

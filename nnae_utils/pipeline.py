@@ -678,6 +678,34 @@ def benchmarks_markdown(figures: Path) -> str:
                    "thread there is little more to win.")
     else:
         out.append(missing)
+
+    out.append("\n## Training with the functional loss: learning rate and variants\n\n"
+               "`python benchmarks/functional_loss_training.py --layer 1 --steps 1500`\n")
+    runs = [(name, _read_result(name)) for name in sorted(p.name for p in BENCHMARK_RESULTS.glob("functional_loss_training_layer*.json"))]
+    runs = [(name, r) for name, r in runs if r]
+    if runs:
+        out.append("The flat (paper's) autoencoder of one layer of the default run's zoo at 10x, trained with one variant "
+                   "changed at a time (same minibatches, states and number of Adam steps; lr 1e-3 unless named). Functional "
+                   "loss at the last step on the train networks, on held-out snapshots of the train runs and on the "
+                   "validation run, beside the mean layer's; the share of the policy's hidden units the decoded layer "
+                   "leaves dead, and of the autoencoder's own ELU units that are saturated (see the method page).\n")
+        for name, r in runs:
+            mean = r["mean_layer"]
+            layer = r["rows"][0]["layer"]
+            steps = r["rows"][0]["curve"][-1]["step"]
+            out.append(f"\n`{name}`: layer {layer}, {steps:,} steps; mean layer: train {mean['train']:.2f}, "
+                       f"held-out {mean['held']:.2f}, validation {mean['val']:.2f}. Command: `{r['command']}`.\n")
+            out.append("| form | variant | train | held-out | validation | weight MSE (train) | policy units dead | AE units saturated |")
+            out.append("|---|---|---|---|---|---|---|---|")
+            for row in r["rows"]:
+                saturated = row.get("autoencoder_saturated")
+                dead = row["dead_share_train"]
+                out.append(f"| {row['form']} | {row['variant']} | {row['train_functional']:.3f} | {row['held_functional']:.3f} "
+                           f"| {row['val_functional']:.3f} | {row['train_weight_mse']:.3g} "
+                           f"| {'n/a' if dead != dead else f'{dead:.0%}'} "
+                           f"| {'not measured' if saturated is None else f'{saturated:.0%}'} |")
+    else:
+        out.append(missing)
     return "\n".join(out) + "\n"
 
 
