@@ -74,7 +74,9 @@ def split_data(run_dir: Path, holdout_every: int, eval_states: int, seed: int):
     held_ids = set()
     for _, run_frame in frame[frame.split == "train"].sort_values("step").groupby("run"):
         held_ids |= set(run_frame["id"].tolist()[holdout_every // 2 :: holdout_every])
-    pick = lambda keep: [n for n, r in zip(zoo.networks, zoo.records) if keep(r)]
+    def pick(keep) -> list:
+        return [n for n, r in zip(zoo.networks, zoo.records) if keep(r)]
+
     train = pick(lambda r: split_of[r["id"]] == "train" and r["id"] not in held_ids)
     held = pick(lambda r: r["id"] in held_ids)
     val = pick(lambda r: split_of[r["id"]] == "validation")
