@@ -103,7 +103,7 @@ def saturated_share(model: ae.LayerAutoencoder, data: ae.LayerData) -> float:
     w, b = data.stack.layer(model.layer)
     with torch.no_grad():
         h_enc = model.encoder[0]((model._units(w, b) - model.norm_mean) / model.norm_std)
-        z = model.encoder(((model._units(w, b) - model.norm_mean) / model.norm_std))
+        z = model.encoder[2](model.encoder[1](h_enc))  # the rest of the encoder, from its hidden layer
         if model.form == "token":
             z = z.reshape(z.shape[0], model.n_out, model.config.latent)
         h_dec = model.decoder[0](z)
@@ -134,11 +134,13 @@ def train_variant(name: str, form: str, layer: int, latent: int, hidden: int, st
         if loss == "weights" or step <= warmup * steps:
             objective = mse
         else:
-            x = ae.layer_input(batch, layer, states)
-            with torch.no_grad():
-                y_in = ae.forward_from(batch, layer, x, w, b)
-            diff = ae.forward_from(batch, layer, x, w_hat, b_hat) - y_in
-            functional = diff.pow(2).sum(-1).mean() if squared else torch.linalg.vector_norm(diff, dim=-1).mean()
+            if squared:  # the one variant of the loss itself; every other variant trains the suite's loss
+                x = ae.layer_input(batch, layer, states)
+                with torch.no_grad():
+                    y_in = ae.forward_from(batch, layer, x, w, b)
+                functional = (ae.forward_from(batch, layer, x, w_hat, b_hat) - y_in).pow(2).sum(-1).mean()
+            else:
+                functional = ae.functional_loss(batch, layer, w_hat, b_hat, states)
             objective = functional + (mse if loss == "both" else 0.0)
         opt.zero_grad(set_to_none=True)
         objective.backward()
@@ -147,13 +149,14 @@ def train_variant(name: str, form: str, layer: int, latent: int, hidden: int, st
         opt.step()
         if step % every == 0 or step == steps:
             model.eval()
-            point = {"step": step, **{f"{k}_functional": ae.evaluate_code(model, d, std)["functional"] for k, d in sets.items()},
-                     "train_weight_mse": ae.evaluate_code(model, train, std)["weight_mse"],
+            scores = {k: ae.evaluate_code(model, d, std) for k, d in sets.items()}
+            point = {"step": step, **{f"{k}_functional": v["functional"] for k, v in scores.items()},
+                     "train_weight_mse": scores["train"]["weight_mse"],
                      "autoencoder_saturated": saturated_share(model, train)}
             model.train()
             curve.append(point)
     model.eval()
-    final = {k: ae.evaluate_code(model, d, std) for k, d in sets.items()}
+    final = scores  # the last step is always evaluated
     best_held = min(p["held_functional"] for p in curve)
     return {"variant": name, "form": form, "layer": layer, "latent_dim": model.latent_dim,
             "ratio": model.compression_ratio, "seconds": time.perf_counter() - start,
