@@ -71,9 +71,7 @@ def split_data(run_dir: Path, holdout_every: int, eval_states: int, seed: int):
     split_of = frame.set_index("id")["split"]
     pools = ae.split_states(dataset.states, dataset.is_random, dataset.owner,
                             [split_of[r["id"]] for r in zoo.records], seed=seed)
-    held_ids = set()
-    for _, run_frame in frame[frame.split == "train"].sort_values("step").groupby("run"):
-        held_ids |= set(run_frame["id"].tolist()[holdout_every // 2 :: holdout_every])
+    held_ids = set(zoo.holdout_snapshots(holdout_every))
     def pick(keep) -> list:
         return [n for n, r in zip(zoo.networks, zoo.records) if keep(r)]
 

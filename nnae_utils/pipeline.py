@@ -230,6 +230,11 @@ def resolve_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]],
     for stage in STAGES:
         values = {**profile.stages.get(stage.name, {}), **overrides.get(stage.name, {}), "run_dir": str(run_dir)}
         resolved[stage.name] = stage.params.from_mapping(values)
+    evolution, autoencoders = resolved["latent_evolution"], resolved["layer_autoencoders"]
+    if "finetune_train" in evolution.starts and autoencoders.stop_on != "train_holdout":
+        raise ParameterError("latent_evolution: starts lists finetune_train, which fine-tunes the train snapshots stage 2 "
+                             "holds out of training, but layer_autoencoders.stop_on is "
+                             f"{autoencoders.stop_on!r}; set it to train_holdout")
     return resolved
 
 

@@ -140,7 +140,7 @@ def ablation_bars(table: pd.DataFrame, value: str = "val_functional", ylabel: st
 
 import numpy as np  # noqa: E402  (stage 4's figures)
 
-START_TITLES = {"finetune": "fine-tuning the held-out test networks", "scratch": "from scratch"}
+from .stages import START_CONDITIONS as START_TITLES  # noqa: E402
 
 
 def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_steps: float | None = None,
@@ -165,7 +165,7 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
                 # a champion holds until the next one is found: step functions, not interpolations
                 ax.plot(d["steps"], d["point"], lw=1.8, color=palette[label], label=label, drawstyle="steps-post")
                 ax.fill_between(d["steps"], d["low"], d["high"], color=palette[label], alpha=0.18, lw=0, step="post")
-        if start == "finetune":
+        if start != "scratch":  # fine-tuning: gains, around zero
             ax.axhline(0, color="0.6", lw=0.8)
         top = float(np.nanmax(sub["high"])) if sub["high"].notna().any() else 0.0
         above = []
@@ -211,7 +211,7 @@ def final_scores(table: pd.DataFrame, runs: pd.DataFrame | None = None, *, xlabe
             ax.scatter(r["value"], r["label"].map(pos) + jitter, s=14, color="tab:blue", alpha=0.6, label="runs (seeds)")
         ax.set_yticks(y, sub["label"])
         ax.invert_yaxis()
-        if start == "finetune":
+        if start != "scratch":  # fine-tuning: gains, around zero
             ax.axvline(0, color="0.6", lw=0.8)
         ax.set(title=START_TITLES[start], xlabel=(xlabels or {}).get(start, "final champion return"))
         ax.legend(fontsize=8, loc="best")

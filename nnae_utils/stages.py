@@ -32,6 +32,17 @@ from typing import Any, Mapping
 
 STAGE_RECORD = "stage.json"
 
+START_CONDITIONS = {
+    "finetune": "fine-tuning the held-out test networks",
+    "finetune_train": "fine-tuning held-out snapshots of the train runs",
+    "scratch": "from scratch",
+}
+"""Where evolution starts (stage 4; stage 5 runs finetune and scratch), with the title of its figures and tables. ``finetune`` starts
+from the test split's networks: runs neither the autoencoders nor the PCA saw. ``finetune_train`` starts
+from the snapshots of the train runs that stage 2 held out of training (``stop_on: train_holdout``):
+networks the autoencoders did not see, from runs they learnt from. ``scratch`` starts from random weights
+or random codes. Every start but ``scratch`` reports the gain over its start network."""
+
 
 def enter_project_root(start: str | os.PathLike | None = None) -> Path:
     """Make relative run folders mean the same thing wherever papermill started the kernel.
@@ -442,9 +453,9 @@ class LatentEvolutionParams(StageParams):
     grid: list[str] = field(default_factory=lambda: ["ga/weights", "ga/latent:all", "ga/pca:all", "cma/latent:all"])
     """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2."""
     starts: list[str] = field(default_factory=lambda: ["finetune"])
-    """Start conditions: finetune (from the held-out test networks) and/or scratch (random codes, or random weights)."""
+    """Start conditions (see START_CONDITIONS): finetune (the held-out test networks), finetune_train (the train runs' snapshots held out of stage 2) and/or scratch (random codes, or random weights)."""
     n_seeds: int = 5
-    """Independent runs of every method, genome and start; replicate r fine-tunes one test network (drawn with the stage seed, cycling)."""
+    """Independent runs of every method, genome and start; replicate r fine-tunes one network of its start's pool (drawn with the stage seed, cycling)."""
     budget_steps: int = 300_000
     """Environment steps per run, counting fitness and elite re-evaluation episodes (reporting episodes are extra)."""
     pop_size: int = 32
@@ -513,8 +524,9 @@ class LatentEvolutionParams(StageParams):
             if method == "cma" and kind == "weights":
                 raise ParameterError("latent_evolution: CMA-ES runs only on the small genomes (its covariance has "
                                      f"dim^2 entries); {entry!r} is not allowed")
-        if not self.starts or any(s not in ("finetune", "scratch") for s in self.starts) or len(set(self.starts)) != len(self.starts):
-            raise ParameterError(f"latent_evolution: starts must be a non-empty list of finetune and/or scratch, got {self.starts}")
+        if not self.starts or any(s not in START_CONDITIONS for s in self.starts) or len(set(self.starts)) != len(self.starts):
+            raise ParameterError(f"latent_evolution: starts must be a non-empty list of {', '.join(START_CONDITIONS)}, "
+                                 f"each once; got {self.starts}")
         if self.selection not in SELECTIONS:
             raise ParameterError(f"latent_evolution: selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.pop_size < 2 or self.truncation > self.pop_size or self.elite_candidates > self.pop_size:

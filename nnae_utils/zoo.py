@@ -433,6 +433,31 @@ class Zoo:
         idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
         return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx], {split: self.ids(split)})
 
+    def subset(self, ids: Sequence[str], name: str) -> "Zoo":
+        """The networks of ``ids`` (in zoo order) as a zoo with one split, ``name``."""
+        keep = set(ids)
+        missing = keep - {r["id"] for r in self.records}
+        if missing:
+            raise KeyError(f"zoo {self.directory} has no networks {sorted(missing)}")
+        idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
+        return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx],
+                   {name: [self.records[i]["id"] for i in idx]})
+
+    def holdout_snapshots(self, every: int) -> list[str]:
+        """Ids of every ``every``-th snapshot of each train run, in step order, starting at ``every // 2``:
+        the train-run networks stage 2 holds out of autoencoder training (``stop_on: train_holdout``).
+
+        >>> zoo.holdout_snapshots(5)  # doctest: +SKIP
+        ['run01_step0505000', 'run01_step0535000', ...]
+        """
+        if every < 2:
+            raise ValueError(f"every must be >= 2 (1 would hold out every train network), got {every}")
+        frame = self.frame()
+        held: list[str] = []
+        for _, run_frame in frame[frame.split == "train"].sort_values("step").groupby("run"):
+            held += run_frame["id"].tolist()[every // 2 :: every]
+        return sorted(held)
+
     def returns(self) -> np.ndarray:
         return np.array([r["return_mean"] for r in self.records])
 
@@ -453,6 +478,20 @@ class Zoo:
             }
             for r in self.records
         )
+
+
+def replicate_starts(n_networks: int, n_replicates: int, seed: int) -> list[int]:
+    """Index of the network each replicate fine-tunes: replicate ``r`` takes ``order[r % n_networks]`` of a
+    permutation drawn with ``seed``, so every method of a stage, and stages 4 and 5, start replicate ``r``
+    from the same network (paired comparisons).
+
+    >>> replicate_starts(3, 5, seed=0)
+    [2, 0, 1, 2, 0]
+    """
+    if n_networks < 1:
+        raise ValueError("no networks to start from")
+    order = np.random.default_rng(seed).permutation(n_networks)
+    return [int(order[r % n_networks]) for r in range(n_replicates)]
 
 
 def load_zoo(directory: str | os.PathLike, split: str | None = None) -> Zoo:

@@ -208,6 +208,7 @@ def test_stage_parameters_are_validated():
         {"variants": ["td3", "td3"]},
         {"variants": []},
         {"starts": ["warm"]},
+        {"starts": ["finetune_train"]},  # stage 4 only
         {"evolution_alone": "ga"},
         {"gammas": [1.5]},
         {"resource_manager": "roulette"},

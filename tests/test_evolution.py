@@ -182,7 +182,10 @@ def test_config_checks():
 def test_stage_parameters_are_validated():
     p = LatentEvolutionParams.from_mapping({"grid": ["ga/dct:0+2", "cma/latent:best"], "starts": ["scratch"]})
     assert p.grid == ["ga/dct:0+2", "cma/latent:best"]
+    assert LatentEvolutionParams.from_mapping({"starts": ["finetune_train", "finetune"]}).starts == ["finetune_train", "finetune"]
     bad = [
+        {"starts": ["finetune", "finetune"]},
+        {"starts": []},
         {"grid": ["cma/weights"]},
         {"grid": ["ga/autoencoder"]},
         {"grid": ["ga"]},

@@ -99,6 +99,7 @@ def test_book_builds_from_smoke_outputs_with_warnings_as_errors(smoke_book):
         ("data.env_id=NoSuchEnv-v0", "unknown environment id"),
         ("nostage.x=1", "unknown stage"),
         ("data.zoo_source=/no/such/zoo", "zoo_source"),
+        ("layer_autoencoders.stop_on=validation", "starts lists finetune_train"),  # a cross-stage check
     ],
 )
 def test_bad_overrides_fail_before_anything_runs(tmp_path, capsys, override, message):

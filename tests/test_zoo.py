@@ -215,3 +215,31 @@ def test_a_member_must_reach_the_threshold_on_the_report_seeds_too(tmp_path):
     assert cands[i].id not in kept and all(r["return_mean"] >= threshold for r in records)
     assert kept == {c.id for c, a, r in zip(cands, admission, report) if a >= threshold and r >= threshold}
     assert sorted(p.stem for p in (tmp_path / "zoo").glob("*.safetensors")) == sorted(kept)  # no file left behind
+
+
+def test_holdout_snapshots_take_every_kth_train_snapshot_by_step_and_subset_keeps_zoo_order(tmp_path):
+    runs = [fake_run(tmp_path / "runs", r, [1.0] * 6) for r in range(3)]
+    records = zoo.build_zoo(zoo.select_candidates(runs, threshold=-1e9), tmp_path / "zoo", threshold=-1e9, episodes=1,
+                            provenance={}, progress=False)
+    zoo.write_splits(tmp_path / "zoo", {"by": "run", "seed": 0,
+                                        "splits": {"train": [r["id"] for r in records if not r["id"].startswith("run02")],
+                                                   "validation": [], "test": [r["id"] for r in records if r["id"].startswith("run02")]}},
+                     records)
+    z = zoo.load_zoo(tmp_path / "zoo")
+    held = z.holdout_snapshots(3)  # steps 500..3000: positions 1 and 4 of each train run
+    assert held == ["run00_step0001000", "run00_step0002500", "run01_step0001000", "run01_step0002500"]
+    sub = z.subset(list(reversed(held)), "finetune_train")
+    assert [r["id"] for r in sub.records] == held and sub.splits == {"finetune_train": held}
+    assert all(a is b for a, b in zip(sub.networks, [z.networks[z.ids().index(i)] for i in held]))
+    with pytest.raises(ValueError, match=">= 2"):
+        z.holdout_snapshots(1)
+    with pytest.raises(KeyError, match="no networks"):
+        z.subset(["nope"], "x")
+
+
+def test_replicate_starts_cycle_through_one_seeded_permutation():
+    starts = zoo.replicate_starts(4, 10, seed=3)
+    assert sorted(starts[:4]) == [0, 1, 2, 3] and starts[4:8] == starts[:4] and starts == zoo.replicate_starts(4, 10, seed=3)
+    assert starts != zoo.replicate_starts(4, 10, seed=4)
+    with pytest.raises(ValueError):
+        zoo.replicate_starts(0, 3, seed=0)
