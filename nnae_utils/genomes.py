@@ -114,6 +114,32 @@ def parse_genome_name(name: str) -> tuple[str, str]:
     return kind, layers
 
 
+def split_start_through(name: str) -> tuple[str, str | None]:
+    """``'weights@latent:all'`` -> ``('weights', 'latent:all')``: the weight genome fine-tuning the start
+    network as the ``latent:all`` genome decodes it, which is where that genome's own runs start. It is
+    the control that hands weight space the same start network; a plain name -> ``(name, None)``.
+
+    >>> split_start_through("weights@latent:all")
+    ('weights', 'latent:all')
+    >>> split_start_through("pca:0+2")
+    ('pca:0+2', None)
+    """
+    genome, sep, through = name.partition("@")
+    if not sep:
+        return name, None
+    if parse_genome_name(genome)[0] != "weights":
+        raise ValueError(f"{name!r}: only the weight genome starts from another genome's decoding")
+    if parse_genome_name(through)[0] == "weights":
+        raise ValueError(f"{name!r}: the start must be decoded through a compressed genome (latent, pca, random, dct)")
+    return genome, through
+
+
+def decoded_start(genome: "Genome", network: Network) -> Network:
+    """``network`` as ``genome`` represents it, fine-tuning it: the decoding of its own code."""
+    based = genome.with_base(network)
+    return based.decode(based.encode(network)[0])
+
+
 def resolve_layers(token: str, n_layers: int, best_layer: int | None) -> tuple[int, ...]:
     """The layers a genome name's layer token selects."""
     if token == "all":

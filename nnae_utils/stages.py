@@ -451,7 +451,7 @@ class LatentEvolutionParams(StageParams):
     STAGE: typing.ClassVar[str] = "latent_evolution"
 
     grid: list[str] = field(default_factory=lambda: ["ga/weights", "ga/latent:all", "ga/pca:all", "cma/latent:all"])
-    """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2."""
+    """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2; weights@<genome> fine-tunes the start network as <genome> decodes it (no scratch runs)."""
     starts: list[str] = field(default_factory=lambda: ["finetune"])
     """Start conditions (see START_CONDITIONS): finetune (the held-out test networks), finetune_train (the train runs' snapshots held out of stage 2) and/or scratch (random codes, or random weights)."""
     n_seeds: int = 5
@@ -503,7 +503,7 @@ class LatentEvolutionParams(StageParams):
 
     def validate(self) -> None:
         from .evolution import METHODS, SELECTIONS
-        from .genomes import parse_genome_name
+        from .genomes import parse_genome_name, split_start_through
 
         self._positive("n_seeds", "budget_steps", "pop_size", "truncation", "tournament_size", "fitness_episodes",
                        "elite_candidates", "elite_episodes", "report_episodes", "max_episode_steps",
@@ -518,7 +518,7 @@ class LatentEvolutionParams(StageParams):
             if method not in METHODS or not genome:
                 raise ParameterError(f"latent_evolution: grid entry {entry!r} must be <method>/<genome>, method one of {METHODS}")
             try:
-                kind, _ = parse_genome_name(genome)
+                kind, _ = parse_genome_name(split_start_through(genome)[0])
             except ValueError as exc:
                 raise ParameterError(f"latent_evolution: grid entry {entry!r}: {exc}") from exc
             if method == "cma" and kind == "weights":

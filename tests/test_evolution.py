@@ -183,7 +183,12 @@ def test_stage_parameters_are_validated():
     p = LatentEvolutionParams.from_mapping({"grid": ["ga/dct:0+2", "cma/latent:best"], "starts": ["scratch"]})
     assert p.grid == ["ga/dct:0+2", "cma/latent:best"]
     assert LatentEvolutionParams.from_mapping({"starts": ["finetune_train", "finetune"]}).starts == ["finetune_train", "finetune"]
+    assert LatentEvolutionParams.from_mapping({"grid": ["ga/weights@latent:all", "ga/weights@pca:0+2"]}).grid[0] == "ga/weights@latent:all"
     bad = [
+        {"grid": ["ga/latent:all@pca:all"]},  # only weight space starts from another genome's decoding
+        {"grid": ["ga/weights@weights"]},
+        {"grid": ["cma/weights@latent:all"]},
+        {"grid": ["ga/weights@nothing"]},
         {"starts": ["finetune", "finetune"]},
         {"starts": []},
         {"grid": ["cma/weights"]},

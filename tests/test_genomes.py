@@ -155,3 +155,19 @@ def test_calibrated_sigma_hits_the_action_change_target(zoo, stage2):
     per = [g.with_base(n) for n in zoo["test"][:2]]
     z = np.stack([p.encode(n)[0] for p, n in zip(per, zoo["test"][:2])])
     assert gen.calibrate_sigma(per, z, states, 0.05) > 0
+
+
+def test_the_weight_control_starts_where_the_compressed_genome_starts(zoo, stage2):
+    assert gen.split_start_through("weights@latent:all") == ("weights", "latent:all")
+    assert gen.split_start_through("latent:best") == ("latent:best", None)
+    for bad in ("latent:all@pca:all", "weights@weights", "weights@nothing"):
+        with pytest.raises(ValueError):
+            gen.split_start_through(bad)
+    net = zoo["test"][0]
+    latent = build("latent:best", zoo, stage2)
+    start = gen.decoded_start(latent, net)
+    based = latent.with_base(net)
+    np.testing.assert_allclose(start.flat(), based.decode(based.encode(net)[0]).flat())
+    assert not np.allclose(start.flat(), net.flat())  # untrained autoencoders: the decoding moves the network
+    weights = build("weights", zoo, stage2).with_base(start)
+    np.testing.assert_allclose(weights.decode(weights.encode(start)[0]).flat(), start.flat(), atol=1e-6)
