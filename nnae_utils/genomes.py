@@ -134,6 +134,16 @@ def split_start_through(name: str) -> tuple[str, str | None]:
     return genome, through
 
 
+def is_start_control(label: str) -> bool:
+    """Whether a genome name, or a ``method/genome`` label, is a ``weights@<genome>`` control: a run that
+    starts from another genome's decoding, so it has no scratch runs and is never a stage's best method.
+
+    >>> is_start_control("ga/weights@latent:all"), is_start_control("ga/latent:all"), is_start_control("pca:all")
+    (True, False, False)
+    """
+    return split_start_through(label.rsplit("/", 1)[-1])[1] is not None
+
+
 def decoded_start(genome: "Genome", network: Network) -> Network:
     """``network`` as ``genome`` represents it, fine-tuning it: the decoding of its own code."""
     based = genome.with_base(network)

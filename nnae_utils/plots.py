@@ -149,8 +149,8 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
     method/genome (its IQM over seeds) with its bootstrap CI as a band.
 
     ``curves``: start, label, steps, point, low, high. ``zoo_steps``: env steps that trained the zoo,
-    drawn as a dotted line if it falls inside the axis; ``zoo_note`` is written in each panel (the
-    zoo's cost, which every genome built from the zoo has paid before its first step).
+    drawn as a dotted line if it falls inside the axis; ``zoo_note`` is written once, under the panels
+    (the zoo's cost, which every genome built from the zoo has paid before its first step).
     ``levels``: {start: [y values]} drawn as thin horizontal lines (the thresholds of the tables).
     """
     starts = [s for s in START_TITLES if s in set(curves["start"])]
@@ -179,14 +179,14 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
                     va="top", ha="right", fontsize=8, color="0.35")
         if zoo_steps is not None and 0 < zoo_steps <= sub["steps"].max():
             ax.axvline(zoo_steps, color="0.3", lw=1, ls=":")
-        if zoo_note:
-            ax.text(0.02, 0.98, zoo_note, transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                    bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
         ax.set(title=START_TITLES[start], xlabel="environment steps (fitness + elite re-evaluation)",
                ylabel=(ylabels or {}).get(start, f"champion return ({statistic}, fresh seeds)"))
         ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k" if v < 1e6 else f"{v / 1e6:g}M"))
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    if zoo_note:  # under the panels, where it cannot hide a curve (inline figures are saved with a tight box)
+        fig.text(0.01, 0.0, zoo_note, va="top", ha="left", fontsize=8,
+                 bbox=dict(boxstyle="round", fc="white", ec="0.7"))
     return fig
 
 

@@ -57,12 +57,16 @@ MAX_BYTES = 40 * 2**20
 
 
 def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGES, profile: str | None = None,
-            root: str | os.PathLike = PUBLISHED_ROOT, command: str | None = None) -> list[Path]:
+            root: str | os.PathLike = PUBLISHED_ROOT, command: str | None = None, resumed: bool = False) -> list[Path]:
     """Copy the small results of every finished stage of ``run_dir`` into ``root/<profile>/<folder>``.
 
     ``profile`` defaults to the run folder's name (``runs/long`` -> ``long``). A stage with no
     ``summary.json`` (not finished) is skipped; one whose files exceed :data:`MAX_BYTES` is refused
     before anything is written. An earlier publication of the same stage is replaced as a whole.
+
+    ``resumed``: the stages resumed from checkpoints that earlier sessions wrote, so the wall time the
+    run folder recorded covers only their last session. It is then published as
+    ``last_session_wall_seconds`` and ``stage_wall_seconds`` is null: no stage wall time was measured.
     """
     run_dir, root = Path(run_dir), Path(root)
     profile = profile or run_dir.name
@@ -98,7 +102,9 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
             "profile": profile, "stage": name, "run_dir": str(run_dir),
             "command": command or " ".join([Path(sys.executable).name, "-m", "nnae_utils.published", *sys.argv[1:]]),
             "published": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "stage_wall_seconds": (timings.get(name) or {}).get("wall_seconds"),
+            "stage_wall_seconds": None if resumed else (timings.get(name) or {}).get("wall_seconds"),
+            "resumed": resumed,
+            "last_session_wall_seconds": (timings.get(name) or {}).get("wall_seconds") if resumed else None,
             "code_revision": code_revision(), "versions": runtime_versions(), "machine": machine(),
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -129,11 +135,12 @@ class PublishedStage:
 
     def caption(self) -> str:
         """One sentence naming the profile, its scale and where the numbers come from."""
-        s, wall = self.summary, self.meta.get("stage_wall_seconds")
+        s, wall, last = self.summary, self.meta.get("stage_wall_seconds"), self.meta.get("last_session_wall_seconds")
         scale = [f"{s['n_seeds']} seeds" if "n_seeds" in s else None,
                  f"{s['budget_steps']:,} env steps per run" if "budget_steps" in s else None,
-                 (f"stage wall time {wall / 3600:.1f} h" if wall >= 3600 else f"stage wall time {wall / 60:.0f} min")
-                 if wall else None]
+                 f"stage wall time {_duration(wall)}" if wall else None,
+                 "resumed from checkpoints over several sessions, so no stage wall time was measured"
+                 + (f" (its last session took {_duration(last)})" if last else "") if self.meta.get("resumed") else None]
         return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), published "
                 f"{str(self.meta.get('published', '?'))[:10]} from code revision "
                 f"`{str(self.meta.get('code_revision', '?'))[:12]}` into `{self._relative()}`.")
@@ -147,6 +154,10 @@ class PublishedStage:
             return str(self.folder.relative_to(PROJECT_ROOT))
         except ValueError:
             return str(self.folder)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def load(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED_ROOT) -> PublishedStage | None:
@@ -204,8 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a run folder, e.g. runs/long")
     parser.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), help="stage names")
     parser.add_argument("--profile", default=None, help="name to publish under (default: the run folder's name)")
+    parser.add_argument("--resumed", action="store_true",
+                        help="the stages resumed from earlier sessions' checkpoints: their recorded wall time is the "
+                             "last session's only, published as such (no stage wall time)")
     args = parser.parse_args(argv)
-    written = publish(args.run_dir, stages=args.stages, profile=args.profile)
+    written = publish(args.run_dir, stages=args.stages, profile=args.profile, resumed=args.resumed)
     for path in written:
         print(f"published {path}")
     if not written:

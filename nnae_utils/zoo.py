@@ -429,19 +429,22 @@ class Zoo:
         return [r["id"] for r in self.records] if split is None else list(self.splits[split])
 
     def select(self, split: str) -> "Zoo":
-        keep = set(self.splits[split])
-        idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
-        return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx], {split: self.ids(split)})
+        """The networks of one split as a zoo with that split only (its members in the split file's order)."""
+        return self._take(self.splits[split], {split: self.ids(split)})
 
     def subset(self, ids: Sequence[str], name: str) -> "Zoo":
         """The networks of ``ids`` (in zoo order) as a zoo with one split, ``name``."""
-        keep = set(ids)
-        missing = keep - {r["id"] for r in self.records}
+        missing = set(ids) - {r["id"] for r in self.records}
         if missing:
             raise KeyError(f"zoo {self.directory} has no networks {sorted(missing)}")
+        picked = self._take(ids, {})
+        picked.splits[name] = picked.ids()
+        return picked
+
+    def _take(self, ids: Sequence[str], splits: dict[str, list[str]]) -> "Zoo":
+        keep = set(ids)
         idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
-        return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx],
-                   {name: [self.records[i]["id"] for i in idx]})
+        return Zoo(self.directory, [self.records[i] for i in idx], [self.networks[i] for i in idx], splits)
 
     def holdout_snapshots(self, every: int) -> list[str]:
         """Ids of every ``every``-th snapshot of each train run, in step order, starting at ``every // 2``:

@@ -163,6 +163,8 @@ def test_the_weight_control_starts_where_the_compressed_genome_starts(zoo, stage
     for bad in ("latent:all@pca:all", "weights@weights", "weights@nothing"):
         with pytest.raises(ValueError):
             gen.split_start_through(bad)
+    assert [gen.is_start_control(x) for x in ("ga/weights@latent:all", "finetune|ga/weights@pca:all",
+                                              "ga/latent:all", "weights")] == [True, True, False, False]
     net = zoo["test"][0]
     latent = build("latent:best", zoo, stage2)
     start = gen.decoded_start(latent, net)

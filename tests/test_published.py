@@ -65,6 +65,19 @@ def test_publish_replaces_an_earlier_publication_whole(tmp_path):
     assert not (root / "long" / "04_latent_evolution" / "old.csv").exists()
 
 
+def test_a_resumed_stage_publishes_no_stage_wall_time(tmp_path):
+    run = tmp_path / "long"
+    _fake_stage(run, "04_latent_evolution", SUMMARY)
+    (run / "timings.json").write_text(json.dumps({"latent_evolution": {"wall_seconds": 600.0}}))
+    root = tmp_path / "results"
+    published.publish(run, root=root, command="c", resumed=True)
+    stage = published.load("long", "04_latent_evolution", root=root)
+    assert stage.meta["stage_wall_seconds"] is None and stage.meta["last_session_wall_seconds"] == 600.0
+    caption = stage.caption()
+    assert "no stage wall time was measured" in caption and "last session took 10 min" in caption
+    assert "stage wall time 10 min" not in caption
+
+
 def test_publish_refuses_oversized_stages_before_writing(tmp_path, monkeypatch):
     run = tmp_path / "long"
     _fake_stage(run, "04_latent_evolution", SUMMARY, extra=[("curves.csv", b"x" * 2000)])

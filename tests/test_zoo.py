@@ -231,6 +231,8 @@ def test_holdout_snapshots_take_every_kth_train_snapshot_by_step_and_subset_keep
     sub = z.subset(list(reversed(held)), "finetune_train")
     assert [r["id"] for r in sub.records] == held and sub.splits == {"finetune_train": held}
     assert all(a is b for a, b in zip(sub.networks, [z.networks[z.ids().index(i)] for i in held]))
+    test = z.select("test")
+    assert test.ids() == test.ids("test") == z.ids("test") and len(test.networks) == len(z.ids("test")) > 0
     with pytest.raises(ValueError, match=">= 2"):
         z.holdout_snapshots(1)
     with pytest.raises(KeyError, match="no networks"):
