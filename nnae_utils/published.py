@@ -5,7 +5,8 @@ core-hours in the background; its results are *published*: the small files of ea
 stage (``summary.json``, the ``.csv`` tables and curves, the stage record with every parameter,
 and the networks it scored: ``champions/``, ``migrants/``) are copied into
 ``results/<profile>/<stage folder>/``, with a ``published.json`` that names the command, the date,
-the code revision, the stage's wall time and the software versions. The stage notebooks show a
+the code revision and software versions that computed the stage (from its summary), the revision
+that published it, and the stage's wall time. The stage notebooks show a
 published run beside their own, labeled with its profile and budget.
 
 Command line::
@@ -75,7 +76,6 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         raise ValueError(f"unknown stage(s) {unknown}; stages: {list(STAGES_BY_NAME)}")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").is_file() else {}
     plans = []
     for name in stages:
         source = run_dir / STAGES_BY_NAME[name].folder
@@ -87,9 +87,9 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         size = sum(p.stat().st_size for p in files)
         if size > MAX_BYTES:
             raise ValueError(f"{source}: {size / 2**20:.0f} MiB to publish, more than {MAX_BYTES / 2**20:.0f} MiB")
-        plans.append((name, source, files))
+        plans.append((name, source, files, _stage_wall_seconds(run_dir, name, source)))
     written = []
-    for name, source, files in plans:
+    for name, source, files, wall in plans:
         dest = root / profile / source.name
         staging = dest.with_name(dest.name + ".partial")
         if staging.exists():
@@ -98,14 +98,18 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
             target = staging / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        summary = json.loads((source / "summary.json").read_text())
         meta = {
             "profile": profile, "stage": name, "run_dir": str(run_dir),
             "command": command or " ".join([Path(sys.executable).name, "-m", "nnae_utils.published", *sys.argv[1:]]),
             "published": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "stage_wall_seconds": None if resumed else (timings.get(name) or {}).get("wall_seconds"),
+            "stage_wall_seconds": None if resumed else wall,
             "resumed": resumed,
-            "last_session_wall_seconds": (timings.get(name) or {}).get("wall_seconds") if resumed else None,
-            "code_revision": code_revision(), "versions": runtime_versions(), "machine": machine(),
+            "last_session_wall_seconds": wall if resumed else None,
+            # what computed the stage, as its summary recorded it (the publishing checkout may be newer)
+            "code_revision": summary.get("code_revision") or code_revision(),
+            "versions": summary.get("versions") or runtime_versions(), "machine": summary.get("machine") or machine(),
+            "published_by_revision": code_revision(),
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))
         if dest.exists():
@@ -113,6 +117,15 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         os.replace(staging, dest)
         written.append(dest)
     return written
+
+
+def _stage_wall_seconds(run_dir: Path, name: str, source: Path) -> float | None:
+    """The stage's wall time as its stage record (``stage.json``) gives it, else the run's ``timings.json``."""
+    record = source / "stage.json"
+    if record.is_file() and json.loads(record.read_text()).get("wall_seconds") is not None:
+        return json.loads(record.read_text())["wall_seconds"]
+    timings = run_dir / "timings.json"
+    return (json.loads(timings.read_text()).get(name) or {}).get("wall_seconds") if timings.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -141,9 +154,9 @@ class PublishedStage:
                  f"stage wall time {_duration(wall)}" if wall else None,
                  "resumed from checkpoints over several sessions, so no stage wall time was measured"
                  + (f" (its last session took {_duration(last)})" if last else "") if self.meta.get("resumed") else None]
-        return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), published "
-                f"{str(self.meta.get('published', '?'))[:10]} from code revision "
-                f"`{str(self.meta.get('code_revision', '?'))[:12]}` into `{self._relative()}`.")
+        return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), computed by "
+                f"code revision `{str(self.meta.get('code_revision', '?'))[:12]}`, published "
+                f"{str(self.meta.get('published', '?'))[:10]} into `{self._relative()}`.")
 
     def title(self) -> str:
         """A figure title: ``'profile long: 5 seeds, 1,000,000 env steps per run'``."""

@@ -21,7 +21,7 @@ def _fake_stage(run, folder, summary, extra=()):
 
 
 SUMMARY = {
-    "n_seeds": 5, "budget_steps": 300000,
+    "n_seeds": 5, "budget_steps": 300000, "code_revision": "abc123",
     "results": {"finetune|ga/weights": {"runs": 5, "iqm": {"point": 12.3, "low": 1.0, "high": 20.0},
                                         "mean": {"point": 11.0, "low": 2.0, "high": 19.0},
                                         "steps_to gain >= 10%": {"median": None, "reached": 1, "runs": 5,
@@ -41,6 +41,8 @@ def test_publish_copies_tables_and_networks_only(tmp_path):
                                                      "summary.json"]
     assert sorted(p.name for p in (dest / "champions").iterdir()) == ["a.safetensors", "index.json"]
     stage = published.load("long", "04_latent_evolution", root=root)
+    assert stage.meta["code_revision"] == "abc123" and stage.meta["published_by_revision"]  # the run's, and ours
+    assert "computed by code revision `abc123`" in stage.caption()
     assert stage.params == {"budget_steps": 300000}
     assert stage.meta["stage_wall_seconds"] == 7200.0
     caption = stage.caption()
@@ -67,8 +69,10 @@ def test_publish_replaces_an_earlier_publication_whole(tmp_path):
 
 def test_a_resumed_stage_publishes_no_stage_wall_time(tmp_path):
     run = tmp_path / "long"
-    _fake_stage(run, "04_latent_evolution", SUMMARY)
-    (run / "timings.json").write_text(json.dumps({"latent_evolution": {"wall_seconds": 600.0}}))
+    stage_dir = _fake_stage(run, "04_latent_evolution", SUMMARY)
+    # the stage record is the stage's own account; timings.json is written only when the pipeline ends
+    (stage_dir / "stage.json").write_text(json.dumps({"params": {}, "wall_seconds": 600.0}))
+    (run / "timings.json").write_text(json.dumps({"latent_evolution": {"wall_seconds": 999.0}}))
     root = tmp_path / "results"
     published.publish(run, root=root, command="c", resumed=True)
     stage = published.load("long", "04_latent_evolution", root=root)
