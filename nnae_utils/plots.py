@@ -7,6 +7,8 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -143,6 +145,23 @@ import numpy as np  # noqa: E402  (stage 4's figures)
 from .stages import START_CONDITIONS as START_TITLES  # noqa: E402
 
 
+def label_styles(labels) -> dict[str, tuple]:
+    """A (color, line style) per ``method/genome`` label: the color names the genome, the line style the
+    method, so a grid of many labels stays readable (one color per label runs out of distinct colors
+    past ten). A label without ``/`` is its own method and genome.
+
+    >>> s = label_styles(["ga/weights", "ga/latent:all", "cma/latent:all", "td3"])
+    >>> s["ga/latent:all"][0] == s["cma/latent:all"][0], s["ga/latent:all"][1], s["cma/latent:all"][1]
+    (True, '-', '--')
+    """
+    parts = [label.split("/", 1) if "/" in label else [label, label] for label in labels]
+    genomes = list(dict.fromkeys(g for _, g in parts))
+    methods = list(dict.fromkeys(m for m, _ in parts))
+    colors = dict(zip(genomes, sns.color_palette("deep" if len(genomes) <= 10 else "husl", len(genomes))))
+    dashes = dict(zip(methods, itertools.cycle(["-", "--", ":", "-."])))
+    return {label: (colors[g], dashes[m]) for label, (m, g) in zip(labels, parts)}
+
+
 def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_steps: float | None = None,
                       zoo_note: str | None = None, levels: dict | None = None, statistic: str = "IQM"):
     """Return (or gain) of the champion against env steps: one panel per start condition, one line per
@@ -155,7 +174,7 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
     """
     starts = [s for s in START_TITLES if s in set(curves["start"])]
     labels = list(dict.fromkeys(curves["label"]))
-    palette = dict(zip(labels, sns.color_palette("deep", len(labels))))
+    style = label_styles(labels)
     fig, axes = plt.subplots(1, len(starts), figsize=(6.4 * len(starts), 4.0), squeeze=False)
     for ax, start in zip(axes[0], starts):
         sub = curves[curves["start"] == start]
@@ -163,8 +182,9 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
             d = sub[sub["label"] == label].sort_values("steps")
             if d["point"].notna().any():
                 # a champion holds until the next one is found: step functions, not interpolations
-                ax.plot(d["steps"], d["point"], lw=1.8, color=palette[label], label=label, drawstyle="steps-post")
-                ax.fill_between(d["steps"], d["low"], d["high"], color=palette[label], alpha=0.18, lw=0, step="post")
+                color, dashes = style[label]
+                ax.plot(d["steps"], d["point"], lw=1.8, color=color, ls=dashes, label=label, drawstyle="steps-post")
+                ax.fill_between(d["steps"], d["low"], d["high"], color=color, alpha=0.18, lw=0, step="post")
         if start != "scratch":  # fine-tuning: gains, around zero
             ax.axhline(0, color="0.6", lw=0.8)
         top = float(np.nanmax(sub["high"])) if sub["high"].notna().any() else 0.0
@@ -182,7 +202,10 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
         ax.set(title=START_TITLES[start], xlabel="environment steps (fitness + elite re-evaluation)",
                ylabel=(ylabels or {}).get(start, f"champion return ({statistic}, fresh seeds)"))
         ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k" if v < 1e6 else f"{v / 1e6:g}M"))
-        ax.legend(fontsize=8, loc="lower right")
+    # one legend for all panels, outside them: inside, a long grid's legend hides the curves
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines() if h.get_label() in style}
+    axes[0][-1].legend([handles[lb] for lb in labels if lb in handles], [lb for lb in labels if lb in handles],
+                       fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     if zoo_note:  # under the panels, where it cannot hide a curve (inline figures are saved with a tight box)
         fig.text(0.01, 0.0, zoo_note, va="top", ha="left", fontsize=8,
