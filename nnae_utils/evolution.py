@@ -57,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Sequence
@@ -73,6 +74,8 @@ from .seeds import eval_seeds
 METHODS = ("ga", "cma")
 SELECTIONS = ("truncation", "tournament")
 CHECKPOINT_FILE = "state.npz"
+COMPUTE_FILE = "compute.json"
+"""Beside a run's checkpoint: the wall seconds spent advancing it, summed over every session that did."""
 SEEDS_PER_REPLICATE = 1_000_000
 """Fitness reset seeds reserved for one replicate index (its runs draw them in order)."""
 
@@ -540,12 +543,14 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
     if len(max_steps) > 1:
         raise ValueError(f"runs batched together must share max_steps, got {sorted(max_steps)}")
     cap = max_steps.pop() if runs else 1000
+    clock = ComputeClock(runs)
     processes = {r.run_id: r.process(stop_after) for r in runs}
     results: dict[str, RunState] = {}
     pending: dict[str, EvalRequest] = {}
     for run_id, proc in processes.items():
         _advance(run_id, proc, None, pending, results)
     bar = _bar(progress, sum(r.config.budget_steps for r in runs))
+    round_start = time.perf_counter()
     try:
         while pending:
             order = list(pending)
@@ -558,6 +563,10 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
                         seeds.append(int(s))
                 sizes.append((len(req.networks), len(req.seeds)))
             batch = backend.evaluate(networks, np.asarray(seeds, np.int64)[:, None], max_steps=cap, nthread=nthread)
+            steps_of, offset = {}, 0
+            for run_id, (p, e) in zip(order, sizes):
+                steps_of[run_id] = float(batch.lengths[offset:offset + p * e, 0].sum())
+                offset += p * e
             offset = 0
             for run_id, (p, e) in zip(order, sizes):
                 rows = slice(offset, offset + p * e)
@@ -568,11 +577,64 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
                     bar.update(int(answer.lengths.sum()))
                 del pending[run_id]
                 _advance(run_id, processes[run_id], answer, pending, results)
+            now = time.perf_counter()
+            clock.charge(steps_of, now - round_start)  # the round: its batch and advancing the runs it answered
+            round_start = now
             if on_round is not None:
                 on_round(list(pending))
     finally:
         bar.close()
+        clock.save()
     return results
+
+
+class ComputeClock:
+    """Wall seconds spent advancing each run, summed over sessions, kept in ``<checkpoint>/compute.json``.
+
+    Runs advance in lockstep, so a round's wall time is shared among the runs it answered in
+    proportion to their env steps in the round's batch; the shares of all runs add up to the
+    evolution's wall time. A resumed stage therefore still knows what its runs cost in all: the
+    file is rewritten every ``every`` seconds and when the rounds end, so a killed session loses at
+    most that much. Runs without a checkpoint folder are not kept; nor is a run that has a checkpoint
+    but no file (it advanced before the suite kept them): its cost stays unknown, never zero.
+    """
+
+    def __init__(self, runs: Sequence[Run], every: float = 30.0):
+        paths = {r.run_id: Path(r.checkpoint_dir) / COMPUTE_FILE for r in runs if r.checkpoint_dir is not None}
+        self.seconds: dict[str, float] = {}
+        for run_id, path in paths.items():
+            known = compute_seconds_at(path)
+            if known is not None or not (path.parent / CHECKPOINT_FILE).is_file():
+                self.seconds[run_id] = known or 0.0
+        self.paths = {run_id: paths[run_id] for run_id in self.seconds}
+        self.every, self.saved = every, time.perf_counter()
+
+    def charge(self, steps_of: dict[str, float], seconds: float) -> None:
+        total = sum(steps_of.values())
+        for run_id, steps in steps_of.items():
+            if run_id in self.seconds and total > 0:
+                self.seconds[run_id] += seconds * steps / total
+        if time.perf_counter() - self.saved >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        for run_id, path in self.paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"wall_seconds": round(self.seconds[run_id], 3)}))
+            os.replace(tmp, path)
+        self.saved = time.perf_counter()
+
+
+def _compute_seconds(run: Run) -> float:
+    seconds = None if run.checkpoint_dir is None else compute_seconds_at(Path(run.checkpoint_dir) / COMPUTE_FILE)
+    return float("nan") if seconds is None else seconds
+
+
+def compute_seconds_at(path: Path) -> float | None:
+    """The wall seconds a ``compute.json`` holds, or None where there is none (a run checkpointed
+    before the suite kept them)."""
+    return json.loads(path.read_text())["wall_seconds"] if path.is_file() else None
 
 
 def _advance(run_id, proc, answer, pending, results) -> None:
@@ -604,6 +666,7 @@ def run_table(runs: Sequence[Run], results: dict[str, RunState]):
             "env_steps": st.env_steps, "unspent_steps": run.config.budget_steps - st.env_steps,
             "report_env_steps": st.report_steps, "final_return": float(st.champion_returns.mean()),
             "final_return_std": float(st.champion_returns.std()), "stop_reason": st.stop_reason,
+            "compute_seconds": _compute_seconds(run),
         })
     return pd.DataFrame(rows)
 

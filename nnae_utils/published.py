@@ -153,7 +153,11 @@ class PublishedStage:
                  f"{s['budget_steps']:,} env steps per run" if "budget_steps" in s else None,
                  f"stage wall time {_duration(wall)}" if wall else None,
                  "resumed from checkpoints over several sessions, so no stage wall time was measured"
-                 + (f" (its last session took {_duration(last)})" if last else "") if self.meta.get("resumed") else None]
+                 + (f" (its last session took {_duration(last)})" if last else "") if self.meta.get("resumed") else None,
+                 # stage 4 keeps each run's wall seconds over all its sessions (evolution.ComputeClock)
+                 f"evolution time summed over every session {_duration(s['evolution_all_sessions_seconds'])}"
+                 if s.get("evolution_all_sessions_seconds") and s.get("runs_with_compute_seconds") == s.get("n_runs")
+                 else None]
         return (f"The `{self.profile}` profile's run ({', '.join(x for x in scale if x)}), computed by "
                 f"code revision `{str(self.meta.get('code_revision', '?'))[:12]}`, published "
                 f"{str(self.meta.get('published', '?'))[:10]} into `{self._relative()}`.")

@@ -2,7 +2,10 @@
 
 Tiny populations and 30-step episodes (``max_steps``) keep every run to a fraction of a second.
 """
+import time
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -144,6 +147,30 @@ def test_lockstep_batching_gives_the_same_runs_as_running_alone(zoo, stage2):
         alone, _ = drive(make_run(zoo, stage2, *run.run_id.split("-"), run_id=run.run_id))
         assert together[run.run_id].curve == alone.curve
         np.testing.assert_array_equal(together[run.run_id].champion, alone.champion)
+
+
+def test_lockstep_keeps_each_runs_wall_seconds_across_sessions(zoo, stage2, tmp_path):
+    specs = [("ga", "weights", "finetune"), ("cma", "pca:all", "scratch")]
+
+    def runs(**kw):
+        return [make_run(zoo, stage2, m, g, s, run_id=f"{m}-{g}-{s}", checkpoint_dir=tmp_path / f"{m}-{g}-{s}", **kw)
+                for m, g, s in specs]
+
+    started = time.perf_counter()
+    evo.run_lockstep(runs(), nthread=1, stop_after=2)  # a session killed after two generations
+    first = {r.run_id: evo.compute_seconds_at(r.checkpoint_dir / evo.COMPUTE_FILE) for r in runs()}
+    assert all(v > 0 for v in first.values()) and sum(first.values()) <= time.perf_counter() - started
+    resumed = runs()
+    results = evo.run_lockstep(resumed, nthread=1)  # the next session finishes them
+    table = evo.run_table(resumed, results)
+    assert (table.set_index("run_id")["compute_seconds"] > pd.Series(first)).all()  # the sessions add up
+    # a run checkpointed before compute.json existed: its cost is unknown (NaN), never a fresh zero
+    (resumed[0].checkpoint_dir / evo.COMPUTE_FILE).unlink()
+    again = evo.run_lockstep(resumed, nthread=1)
+    assert not (resumed[0].checkpoint_dir / evo.COMPUTE_FILE).exists()
+    assert np.isnan(evo.run_table(resumed, again)["compute_seconds"].iloc[0])
+    no_checkpoint = make_run(zoo, stage2, "ga", "weights", "scratch", budget_steps=300)
+    assert np.isnan(evo.run_table([no_checkpoint], evo.run_lockstep([no_checkpoint]))["compute_seconds"].iloc[0])
 
 
 def test_selection_crossover_and_mutation_operators():

@@ -79,7 +79,16 @@ def test_a_resumed_stage_publishes_no_stage_wall_time(tmp_path):
     assert stage.meta["stage_wall_seconds"] is None and stage.meta["last_session_wall_seconds"] == 600.0
     caption = stage.caption()
     assert "no stage wall time was measured" in caption and "last session took 10 min" in caption
-    assert "stage wall time 10 min" not in caption
+    assert "stage wall time 10 min" not in caption and "summed over every session" not in caption
+    summary = {**SUMMARY, "n_runs": 5, "runs_with_compute_seconds": 5, "evolution_all_sessions_seconds": 9000.0}
+    (run / "04_latent_evolution" / "summary.json").write_text(json.dumps(summary))
+    published.publish(run, root=root, command="c", resumed=True)
+    caption = published.load("long", "04_latent_evolution", root=root).caption()
+    assert "evolution time summed over every session 2.5 h" in caption
+    summary["runs_with_compute_seconds"] = 4  # one run's cost unknown: no total is claimed
+    (run / "04_latent_evolution" / "summary.json").write_text(json.dumps(summary))
+    published.publish(run, root=root, command="c", resumed=True)
+    assert "summed over every session" not in published.load("long", "04_latent_evolution", root=root).caption()
 
 
 def test_publish_refuses_oversized_stages_before_writing(tmp_path, monkeypatch):
