@@ -565,16 +565,13 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
             batch = backend.evaluate(networks, np.asarray(seeds, np.int64)[:, None], max_steps=cap, nthread=nthread)
             steps_of, offset = {}, 0
             for run_id, (p, e) in zip(order, sizes):
-                steps_of[run_id] = float(batch.lengths[offset:offset + p * e, 0].sum())
-                offset += p * e
-            offset = 0
-            for run_id, (p, e) in zip(order, sizes):
                 rows = slice(offset, offset + p * e)
                 offset += p * e
                 answer = EvalResult(batch.returns[rows, 0].reshape(p, e), batch.lengths[rows, 0].reshape(p, e),
                                     batch.terminated[rows, 0].reshape(p, e))
+                steps_of[run_id] = float(answer.lengths.sum())
                 if pending[run_id].counted:
-                    bar.update(int(answer.lengths.sum()))
+                    bar.update(int(steps_of[run_id]))
                 del pending[run_id]
                 _advance(run_id, processes[run_id], answer, pending, results)
             now = time.perf_counter()

@@ -122,8 +122,9 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
 def _stage_wall_seconds(run_dir: Path, name: str, source: Path) -> float | None:
     """The stage's wall time as its stage record (``stage.json``) gives it, else the run's ``timings.json``."""
     record = source / "stage.json"
-    if record.is_file() and json.loads(record.read_text()).get("wall_seconds") is not None:
-        return json.loads(record.read_text())["wall_seconds"]
+    wall = json.loads(record.read_text()).get("wall_seconds") if record.is_file() else None
+    if wall is not None:
+        return wall
     timings = run_dir / "timings.json"
     return (json.loads(timings.read_text()).get(name) or {}).get("wall_seconds") if timings.is_file() else None
 
