@@ -63,7 +63,10 @@ one folder: ``state.npz`` (:class:`nnae_utils.evolution.RunState`: population, c
 counters, curve), ``learners.pt`` (every learner's ``state_dict`` and torch's RNG state,
 ``torch.load(weights_only=True)``), ``buffer.npz`` (:class:`nnae_utils.td3.ReplayBuffer`) and
 ``log.json`` (resource manager, migrations, time). A resumed run is bitwise the run that was never
-interrupted (same machine, same thread counts).
+interrupted (same machine, same thread counts). A *finished* run is read back from ``state.npz`` and
+``log.json`` alone (:data:`FINISHED_RUN_FILES`, with the networks it kept in ``migrants/``): its
+learners and buffer only ever served to continue it, so a run carried to another machine without
+them (:func:`nnae_utils.published.carry`) is not recomputed there.
 
 Example:
     >>> from nnae_utils.genomes import WeightGenome
@@ -99,6 +102,8 @@ from .seeds import eval_seeds
 
 RESOURCE_MANAGERS = ("equal", "ucb")
 CHECKPOINT_DIR = "checkpoint"
+FINISHED_RUN_FILES = (f"{CHECKPOINT_DIR}/state.npz", f"{CHECKPOINT_DIR}/log.json", "migrants")
+"""What a finished run's folder needs to give its result again (files, and a folder that may be absent)."""
 LOG_VERSION = 2  # 2: probed migrants' episode returns and network files
 
 
@@ -371,8 +376,17 @@ def _save_checkpoint(folder: Path, state: evo.RunState, fingerprint: str, learne
         shutil.rmtree(old)
 
 
+def finished_runs(folder: str | os.PathLike) -> list[Path]:
+    """The run folders (``checkpoint_dir``) directly under ``folder`` whose checkpoint says they finished."""
+    return [state.parent.parent for state in sorted(Path(folder).glob(f"*/{CHECKPOINT_DIR}/state.npz"))
+            if evo.RunState.read_meta(state)["done"]]
+
+
 def _load_checkpoint(folder: Path, fingerprint: str):
-    """(state, learners payload, buffer, log), or None; an error if the checkpoint belongs to another run."""
+    """(state, learners payload, buffer, log), or None; an error if the checkpoint belongs to another run.
+
+    A finished run gives (state, None, None, log): its learners and buffer are neither read nor needed.
+    """
     import torch
 
     from .td3 import ReplayBuffer
@@ -382,8 +396,10 @@ def _load_checkpoint(folder: Path, fingerprint: str):
     if path is None:
         return None
     state = evo.RunState.load(path / "state.npz", fingerprint)
-    payload = torch.load(path / "learners.pt", map_location="cpu", weights_only=True)
     log = json.loads((path / "log.json").read_text())
+    if state.done:
+        return state, None, None, log
+    payload = torch.load(path / "learners.pt", map_location="cpu", weights_only=True)
     buffer = ReplayBuffer.load(path / "buffer.npz")
     if payload["generation"] != state.generation or buffer.n_added != log["buffer_n_added"]:
         raise RuntimeError(f"checkpoint {path} is inconsistent (learners, buffer and state differ)")
@@ -416,6 +432,8 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
         saved = _load_checkpoint(folder, fingerprint) if folder is not None else None
         if saved is not None:
             state, payload, buffer, log = saved
+            if state.done:  # finished in an earlier session (perhaps on another machine): its result as it was
+                return CERLResult(run.run_id, state, log)
             for learner, sd in zip(learners, payload["learners"]):
                 learner.load_state_dict(sd)
             torch.set_rng_state(payload["torch_rng"])

@@ -233,13 +233,19 @@ class RunState:
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 
+    @staticmethod
+    def read_meta(path: Path) -> dict[str, Any]:
+        """A saved state's counters, curve and fingerprint (no arrays), whichever run wrote it."""
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f["meta"]))
+
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> "RunState | None":
         """The saved state, or None if there is none; an error if it belongs to another run."""
         if not path.is_file():
             return None
+        meta = cls.read_meta(path)
         with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
             arrays = {k: f[k].copy() for k in f.files if k != "meta"}
         if meta["fingerprint"] != fingerprint:
             raise ValueError(f"checkpoint {path} belongs to another run (fingerprint {meta['fingerprint']} != {fingerprint})")

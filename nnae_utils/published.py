@@ -9,10 +9,18 @@ the code revision and software versions that computed the stage (from its summar
 that published it, and the stage's wall time. The stage notebooks show a
 published run beside their own, labeled with its profile and budget.
 
+A stage that takes several sessions can outlive its machine. Its finished runs are *carried*:
+copied, without what only served to continue them (learners, replay buffers), into
+``results/<profile>/_carried/<stage folder>/`` and committed; on a new machine ``--restore`` puts
+them back, with every published stage as the upstream input of later ones, so the stage
+recomputes only the runs that had not finished.
+
 Command line::
 
     python -m nnae_utils.published runs/long              # publish stages 4 and 5 of runs/long
     python -m nnae_utils.published runs/long --stages latent_evolution
+    python -m nnae_utils.published runs/long --carry      # commit stage 5's finished runs (still running)
+    python -m nnae_utils.published runs/long --restore    # a new machine: put back what results/long holds
 
 Example:
     >>> import tempfile, json
@@ -55,6 +63,13 @@ DEFAULT_STAGES = ("latent_evolution", "cerl_comparison")
 """The stages whose long runs the book shows beside the default run's (their outputs are small)."""
 MAX_BYTES = 40 * 2**20
 """A published stage larger than this is refused: the repository holds summaries, not run folders."""
+CARRIED = "_carried"
+"""Folder of ``results/<profile>/`` that holds the finished runs of stages still computing (:func:`carry`)."""
+CARRIED_STAGES = ("cerl_comparison",)
+"""Stages whose finished runs can be carried: a run costs a core-quarter-hour or more, and is small once
+its learners and replay buffer are left behind (:data:`nnae_utils.cerl.FINISHED_RUN_FILES`)."""
+RESTORED_FROM = "restored_from"
+"""Key of a stage record (``stage.json``) that :func:`restore` copied from a publication, not computed."""
 
 
 def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGES, profile: str | None = None,
@@ -79,8 +94,8 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
     plans = []
     for name in stages:
         source = run_dir / STAGES_BY_NAME[name].folder
-        if not (source / "summary.json").is_file():
-            continue
+        if not (source / "summary.json").is_file() or _record(source).get(RESTORED_FROM):
+            continue  # not finished, or a copy of a publication (restore), not something this run computed
         files = [p for p in source.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES]
         files += [p for folder in NETWORK_FOLDERS if (source / folder).is_dir() for p in (source / folder).iterdir()
                   if p.is_file()]
@@ -115,7 +130,91 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
+        shutil.rmtree(root / profile / CARRIED / source.name, ignore_errors=True)  # the finished stage replaces them
         written.append(dest)
+    return written
+
+
+def _record(stage_folder: Path) -> dict[str, Any]:
+    path = stage_folder / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _copy_replacing(files: Sequence[Path], source: Path, dest: Path) -> None:
+    """Copy ``files`` (under ``source``) to the same places under ``dest``, which is replaced as a whole."""
+    staging = dest.with_name(dest.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for path in files:
+        target = staging / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(staging, dest)
+
+
+def carry(run_dir: str | os.PathLike, *, stage: str = "cerl_comparison", profile: str | None = None,
+          root: str | os.PathLike = PUBLISHED_ROOT) -> Path | None:
+    """Copy the finished runs of ``stage`` from ``run_dir``'s scratch space (``_work/<stage>``) into
+    ``root/<profile>/_carried/<stage folder>/``, replacing what was carried before; None if none has finished.
+
+    Only what gives a finished run's result again is copied (:data:`nnae_utils.cerl.FINISHED_RUN_FILES`),
+    and no more than :data:`MAX_BYTES`. Commit the folder; :func:`restore` puts the runs back on another
+    machine, where the stage then recomputes only the others. :func:`publish` drops it once the stage is published.
+    """
+    from .cerl import FINISHED_RUN_FILES, finished_runs
+
+    if stage not in CARRIED_STAGES:
+        raise ValueError(f"stage {stage!r} has no runs to carry; stages that have: {list(CARRIED_STAGES)}")
+    run_dir, root = Path(run_dir), Path(root)
+    work = run_dir / "_work" / stage
+    runs = finished_runs(work) if work.is_dir() else []
+    if not runs:
+        return None
+    files = []
+    for run in runs:
+        for name in FINISHED_RUN_FILES:
+            path = run / name
+            files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    if size > MAX_BYTES:
+        raise ValueError(f"{work}: {size / 2**20:.0f} MiB of finished runs, more than {MAX_BYTES / 2**20:.0f} MiB")
+    dest = root / (profile or run_dir.name) / CARRIED / STAGES_BY_NAME[stage].folder
+    _copy_replacing(files, work, dest)
+    return dest
+
+
+def restore(run_dir: str | os.PathLike, *, profile: str | None = None,
+            root: str | os.PathLike = PUBLISHED_ROOT) -> list[Path]:
+    """On a machine that lacks ``run_dir``, put back what ``root/<profile>`` holds of it; return what was written.
+
+    - every published stage whose folder in ``run_dir`` has no stage record: a copy of its publication,
+      whose stage record says ``restored_from``, as the input of later stages (it is never published again);
+    - every carried run (:func:`carry`) that the stage's scratch space lacks.
+    """
+    run_dir, root = Path(run_dir), Path(root)
+    published = root / (profile or run_dir.name)
+    if not published.is_dir():
+        raise FileNotFoundError(f"nothing is published for {run_dir}: {published} does not exist")
+    written = []
+    for stage in STAGES_BY_NAME.values():
+        source, dest = published / stage.folder, run_dir / stage.folder
+        if not (source / "stage.json").is_file() or (dest / "stage.json").is_file():
+            continue
+        _copy_replacing(sorted(p for p in source.rglob("*") if p.is_file()), source, dest)
+        record = {**_record(dest), RESTORED_FROM: _relative(source), "published_digest": digest(published.name, stage.folder, root=root)}
+        (dest / "stage.json").write_text(json.dumps(record, indent=1))
+        written.append(dest)
+    for stage in CARRIED_STAGES:
+        carried = published / CARRIED / STAGES_BY_NAME[stage].folder
+        for run in sorted(p for p in carried.iterdir() if p.is_dir()) if carried.is_dir() else []:
+            dest = run_dir / "_work" / stage / run.name
+            if not dest.exists():
+                shutil.copytree(run, dest.with_name(dest.name + ".partial"), dirs_exist_ok=True)
+                os.replace(dest.with_name(dest.name + ".partial"), dest)
+                written.append(dest)
     return written
 
 
@@ -168,10 +267,14 @@ class PublishedStage:
         return f"profile {self.profile}: {self.summary['n_seeds']} seeds, {self.summary['budget_steps']:,} env steps per run"
 
     def _relative(self) -> str:
-        try:
-            return str(self.folder.relative_to(PROJECT_ROOT))
-        except ValueError:
-            return str(self.folder)
+        return _relative(self.folder)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _duration(seconds: float) -> str:
@@ -236,7 +339,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resumed", action="store_true",
                         help="the stages resumed from earlier sessions' checkpoints: their recorded wall time is the "
                              "last session's only, published as such (no stage wall time)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--carry", action="store_true",
+                        help="instead: copy the finished runs of the stages still computing into results/<profile>/_carried/")
+    action.add_argument("--restore", action="store_true",
+                        help="instead: put back into a new machine's run folder the published stages and carried runs")
     args = parser.parse_args(argv)
+    if args.restore:
+        for path in restore(args.run_dir, profile=args.profile):
+            print(f"restored {path}")
+        return 0
+    if args.carry:
+        for stage in [s for s in args.stages if s in CARRIED_STAGES] or list(CARRIED_STAGES):
+            dest = carry(args.run_dir, stage=stage, profile=args.profile)
+            print(f"carried {dest}" if dest else f"no run of stage {stage} has finished in {args.run_dir}")
+        return 0
     written = publish(args.run_dir, stages=args.stages, profile=args.profile, resumed=args.resumed)
     for path in written:
         print(f"published {path}")

@@ -142,9 +142,13 @@ def test_resume_equals_an_uninterrupted_run(zoo, stage2, tmp_path):
             for key in la[part]:
                 assert torch.equal(la[part][key], lb[part][key]), (part, key)
     assert torch.equal(a["torch_rng"], b["torch_rng"])
-    # a finished run resumes to its final state without training further
+    # a finished run resumes to its final state without training further, from its state and log alone
+    # (as carried to another machine: nnae_utils.published.carry leaves its learners and buffer behind)
+    for name in ("learners.pt", "buffer.npz"):
+        (tmp_path / "b" / cerl.CHECKPOINT_DIR / name).unlink()
     again = cerl.run_cerl(make_run(zoo, stage2, "latent:all", checkpoint_dir=tmp_path / "b", **kw))
     assert again.state.curve == full.state.curve
+    assert json.dumps(again.log, sort_keys=True) == json.dumps(resumed.log, sort_keys=True)  # not even its clock moved
     with pytest.raises(ValueError, match="belongs to another run"):  # a checkpoint of other settings is refused
         cerl.run_cerl(make_run(zoo, stage2, "latent:all", checkpoint_dir=tmp_path / "b", **{**kw, "migration_every": 3}))
 

@@ -107,5 +107,55 @@ def test_publish_names_bad_inputs(tmp_path):
         published.publish(tmp_path / "missing")
 
 
+def _fake_cerl_run(work, name, done):
+    import numpy as np
+
+    from nnae_utils.evolution import RunState
+
+    checkpoint = work / name / "checkpoint"
+    RunState(rng=np.random.default_rng(0), generation=3, env_steps=900, done=done,
+             curve=[{"env_steps": 900}]).save(checkpoint / "state.npz", "fp")
+    (checkpoint / "log.json").write_text(json.dumps({"wall_s": 12.0}))
+    (checkpoint / "learners.pt").write_bytes(b"l" * 64)  # what only continuing the run needs
+    (checkpoint / "buffer.npz").write_bytes(b"b" * 64)
+    (work / name / "migrants").mkdir()
+    (work / name / "migrants" / "g0002_learner0_actor.safetensors").write_bytes(b"\0" * 16)
+
+
+def test_a_stage_still_computing_carries_its_finished_runs_to_a_new_machine(tmp_path):
+    old_machine, new_machine, root = tmp_path / "old" / "long", tmp_path / "new" / "long", tmp_path / "results"
+    _fake_stage(old_machine, "04_latent_evolution", SUMMARY)
+    published.publish(old_machine, stages=["latent_evolution"], root=root, command="test")
+    work = old_machine / "_work" / "cerl_comparison"
+    _fake_cerl_run(work, "cerl-weights-finetune-s0-aaaa", done=True)
+    _fake_cerl_run(work, "cerl-weights-finetune-s1-bbbb", done=False)
+    dest = published.carry(old_machine, root=root)
+    assert dest == root / "long" / "_carried" / "05_cerl_comparison"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "cerl-weights-finetune-s0-aaaa/checkpoint/log.json", "cerl-weights-finetune-s0-aaaa/checkpoint/state.npz",
+        "cerl-weights-finetune-s0-aaaa/migrants/g0002_learner0_actor.safetensors"]  # finished only; no learners, buffer
+    assert published.digest("long", "05_cerl_comparison", root=root) == ""  # carried runs are not a publication
+
+    restored = published.restore(new_machine, root=root)
+    assert restored == [new_machine / "04_latent_evolution", new_machine / "_work/cerl_comparison/cerl-weights-finetune-s0-aaaa"]
+    record = json.loads((new_machine / "04_latent_evolution" / "stage.json").read_text())
+    assert record["restored_from"] and record["published_digest"] == published.digest("long", "04_latent_evolution", root=root)
+    assert json.loads((new_machine / "04_latent_evolution" / "summary.json").read_text()) == SUMMARY
+    from nnae_utils.cerl import finished_runs
+
+    assert [p.name for p in finished_runs(new_machine / "_work" / "cerl_comparison")] == ["cerl-weights-finetune-s0-aaaa"]
+    assert published.restore(new_machine, root=root) == []  # nothing twice
+    assert published.publish(new_machine, root=root, command="test") == []  # a restored copy is not published again
+    assert published.carry(tmp_path / "empty" / "long", root=root) is None  # nothing finished: nothing carried
+    # once the stage finishes and is published, its carried runs are dropped
+    _fake_stage(new_machine, "05_cerl_comparison", SUMMARY)
+    assert [p.name for p in published.publish(new_machine, root=root, command="test")] == ["05_cerl_comparison"]
+    assert not dest.exists()
+    with pytest.raises(ValueError, match="no runs to carry"):
+        published.carry(old_machine, stage="latent_evolution", root=root)
+    with pytest.raises(FileNotFoundError, match="nothing is published"):
+        published.restore(tmp_path / "x" / "paper", root=root)
+
+
 def test_doctests():
     assert doctest.testmod(published, raise_on_error=False).failed == 0
