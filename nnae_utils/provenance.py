@@ -48,16 +48,32 @@ def machine() -> dict[str, object]:
     return {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(), "cpu": cpu_model()}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, family, model and widest vector extension (Linux: /proc/cpuinfo), else what
+    ``platform`` knows: ``'AMD EPYC (family 25, model 1, avx2)'``.
+
+    Episode returns are bitwise reproducible on the same kind of CPU only (numpy's linear algebra picks
+    its kernels per CPU; Hopper turns a last-bit difference into another episode), so results name it.
+    """
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    details = [f"family {fields['cpu family']}" if "cpu family" in fields else None,
+               f"model {fields['model']}" if "model" in fields else None, simd]
+    details = [d for d in details if d]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def json_default(obj: Any) -> Any:
