@@ -94,7 +94,8 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
     plans = []
     for name in stages:
         source = run_dir / STAGES_BY_NAME[name].folder
-        if not (source / "summary.json").is_file() or _record(source).get(RESTORED_FROM):
+        record = _record(source)
+        if not (source / "summary.json").is_file() or record.get(RESTORED_FROM):
             continue  # not finished, or a copy of a publication (restore), not something this run computed
         files = [p for p in source.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES]
         files += [p for folder in NETWORK_FOLDERS if (source / folder).is_dir() for p in (source / folder).iterdir()
@@ -102,17 +103,10 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         size = sum(p.stat().st_size for p in files)
         if size > MAX_BYTES:
             raise ValueError(f"{source}: {size / 2**20:.0f} MiB to publish, more than {MAX_BYTES / 2**20:.0f} MiB")
-        plans.append((name, source, files, _stage_wall_seconds(run_dir, name, source)))
+        plans.append((name, source, files, _stage_wall_seconds(run_dir, name, record)))
     written = []
     for name, source, files, wall in plans:
         dest = root / profile / source.name
-        staging = dest.with_name(dest.name + ".partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        for path in files:
-            target = staging / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
         summary = json.loads((source / "summary.json").read_text())
         meta = {
             "profile": profile, "stage": name, "run_dir": str(run_dir),
@@ -126,10 +120,7 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
             "versions": summary.get("versions") or runtime_versions(), "machine": summary.get("machine") or machine(),
             "published_by_revision": code_revision(),
         }
-        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
+        _copy_replacing(files, source, dest, written_too={META_FILE: meta})
         shutil.rmtree(root / profile / CARRIED / source.name, ignore_errors=True)  # the finished stage replaces them
         written.append(dest)
     return written
@@ -140,8 +131,10 @@ def _record(stage_folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _copy_replacing(files: Sequence[Path], source: Path, dest: Path) -> None:
-    """Copy ``files`` (under ``source``) to the same places under ``dest``, which is replaced as a whole."""
+def _copy_replacing(files: Sequence[Path], source: Path, dest: Path,
+                    written_too: Mapping[str, Any] | None = None) -> None:
+    """Copy ``files`` (under ``source``) to the same places under ``dest``, which is replaced as a whole; the
+    JSON files ``written_too`` (name: data) are written with them, over a copied file of the same name."""
     staging = dest.with_name(dest.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
@@ -150,9 +143,15 @@ def _copy_replacing(files: Sequence[Path], source: Path, dest: Path) -> None:
         target = staging / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+    for name, data in (written_too or {}).items():
+        (staging / name).write_text(json.dumps(data, indent=1))
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def carry(run_dir: str | os.PathLike, *, stage: str = "cerl_comparison", profile: str | None = None,
@@ -177,7 +176,7 @@ def carry(run_dir: str | os.PathLike, *, stage: str = "cerl_comparison", profile
     for run in runs:
         for name in FINISHED_RUN_FILES:
             path = run / name
-            files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            files += [path] if path.is_file() else _files_under(path)
     size = sum(p.stat().st_size for p in files)
     if size > MAX_BYTES:
         raise ValueError(f"{work}: {size / 2**20:.0f} MiB of finished runs, more than {MAX_BYTES / 2**20:.0f} MiB")
@@ -203,25 +202,23 @@ def restore(run_dir: str | os.PathLike, *, profile: str | None = None,
         source, dest = published / stage.folder, run_dir / stage.folder
         if not (source / "stage.json").is_file() or (dest / "stage.json").is_file():
             continue
-        _copy_replacing(sorted(p for p in source.rglob("*") if p.is_file()), source, dest)
-        record = {**_record(dest), RESTORED_FROM: _relative(source), "published_digest": digest(published.name, stage.folder, root=root)}
-        (dest / "stage.json").write_text(json.dumps(record, indent=1))
+        record = {**_record(source), RESTORED_FROM: _relative(source),
+                  "published_digest": digest(published.name, stage.folder, root=root)}
+        _copy_replacing(_files_under(source), source, dest, written_too={"stage.json": record})
         written.append(dest)
     for stage in CARRIED_STAGES:
         carried = published / CARRIED / STAGES_BY_NAME[stage].folder
         for run in sorted(p for p in carried.iterdir() if p.is_dir()) if carried.is_dir() else []:
             dest = run_dir / "_work" / stage / run.name
             if not dest.exists():
-                shutil.copytree(run, dest.with_name(dest.name + ".partial"), dirs_exist_ok=True)
-                os.replace(dest.with_name(dest.name + ".partial"), dest)
+                _copy_replacing(_files_under(run), run, dest)
                 written.append(dest)
     return written
 
 
-def _stage_wall_seconds(run_dir: Path, name: str, source: Path) -> float | None:
+def _stage_wall_seconds(run_dir: Path, name: str, record: Mapping[str, Any]) -> float | None:
     """The stage's wall time as its stage record (``stage.json``) gives it, else the run's ``timings.json``."""
-    record = source / "stage.json"
-    wall = json.loads(record.read_text()).get("wall_seconds") if record.is_file() else None
+    wall = record.get("wall_seconds")
     if wall is not None:
         return wall
     timings = run_dir / "timings.json"
