@@ -57,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -839,6 +840,7 @@ class LayerData:
     networks: list[Network] = field(default_factory=list)
     """The networks as :class:`Network` objects (needed to roll out decoded networks)."""
     _eval_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _digest: dict[str, str] = field(default_factory=dict, repr=False)
 
     def eval_inputs(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input of ``layer``, input networks' actions) on the eval states, computed once per layer:
@@ -848,6 +850,18 @@ class LayerData:
             with torch.no_grad():
                 self._eval_cache[layer] = (x, forward_from(self.stack, layer, x, *self.stack.layer(layer)))
         return self._eval_cache[layer]
+
+    def fingerprint(self) -> str:
+        """A hash of the networks, the state pool and the evaluation states (computed once)."""
+        if "fingerprint" not in self._digest:
+            h = hashlib.sha256(json.dumps(self.stack.spec.to_metadata(), sort_keys=True).encode())
+            for key in sorted(self.stack.params):
+                h.update(key.encode())
+                h.update(self.stack.params[key].numpy().tobytes())
+            h.update(np.ascontiguousarray(self.states).tobytes())
+            h.update(np.ascontiguousarray(self.eval_states).tobytes())
+            self._digest["fingerprint"] = h.hexdigest()
+        return self._digest["fingerprint"]
 
     @classmethod
     def build(cls, nets: Sequence[Network], states: np.ndarray, n_eval: int, seed: int) -> "LayerData":
@@ -1012,6 +1026,61 @@ def train_layer_autoencoder(
     model.eval()
     return TrainResult(model, history, best_epoch, len(history), len(history) < cfg.max_epochs,
                        time.perf_counter() - start, len(visited))
+
+
+TRAINING_VERSION = 1
+"""Part of every saved training's fingerprint: raise it when :func:`train_layer_autoencoder` changes what
+it computes, and results saved by the older code are trained again instead of read back."""
+
+
+def training_fingerprint(cfg: LayerAEConfig, train: LayerData, val: LayerData, stop_on: LayerData | None = None) -> str:
+    """A hash of everything that determines :func:`train_layer_autoencoder`'s result: the config, the
+    three splits' networks and states, the training code's version, and torch's version and thread
+    count (a thread count splits reductions differently, which changes the last bits)."""
+    h = hashlib.sha256(json.dumps({"config": asdict(cfg), "training_version": TRAINING_VERSION,
+                                   "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True).encode())
+    for data in (train, val, stop_on):
+        h.update(b"none" if data is None else data.fingerprint().encode())
+    return h.hexdigest()[:16]
+
+
+def train_or_reuse_layer_autoencoder(
+    cfg: LayerAEConfig,
+    train: LayerData,
+    val: LayerData,
+    *,
+    stop_on: LayerData | None = None,
+    save_dir: str | os.PathLike,
+) -> tuple[TrainResult, bool]:
+    """:func:`train_layer_autoencoder`, its result saved in ``save_dir`` and read back, not trained
+    again, by a later call with the same fingerprint (:func:`training_fingerprint`): a stage stopped
+    part-way resumes at the first autoencoder it had not finished. Returns the result and whether it
+    was read back. The result read back is the one training returned: the same weights, history
+    (its ``seconds`` included) and ``wall_seconds``.
+
+    Example:
+        >>> import tempfile
+        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
+        >>> nets = [Network.random(spec, seed=i) for i in range(8)]
+        >>> states = np.random.default_rng(0).normal(size=(256, 11)).astype(np.float32)
+        >>> tr, va = LayerData.build(nets[:6], states, 64, 0), LayerData.build(nets[6:], states, 64, 1)
+        >>> cfg, folder = LayerAEConfig(layer=0, latent=4, hidden=16, max_epochs=2, steps_per_epoch=2), tempfile.mkdtemp()
+        >>> first, reused = train_or_reuse_layer_autoencoder(cfg, tr, va, save_dir=folder)
+        >>> again, reused_again = train_or_reuse_layer_autoencoder(cfg, tr, va, save_dir=folder)
+        >>> reused, reused_again, again.history == first.history
+        (False, True, True)
+    """
+    path = Path(save_dir) / f"{cfg.name}-{training_fingerprint(cfg, train, val, stop_on)}.safetensors"
+    if path.is_file():
+        info = checkpoint_info(path)["info"]
+        result = TrainResult(load_layer_autoencoder(path), info["history"], info["best_epoch"], info["epochs_run"],
+                             info["stopped_early"], info["wall_seconds"], info["dagger_states"])
+        return result, True
+    result = train_layer_autoencoder(cfg, train, val, stop_on=stop_on)
+    save_layer_autoencoder(path, result.model, info={
+        "history": result.history, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early, "wall_seconds": result.wall_seconds, "dagger_states": result.dagger_states})
+    return result, False
 
 
 # --------------------------------------------------------------------------- the stage's experiments

@@ -221,6 +221,35 @@ def test_training_is_seeded(data):
     assert [h["val_functional"] for h in a.history] == [h["val_functional"] for h in b.history]
 
 
+def test_a_saved_training_is_read_back_equal_and_only_for_the_same_settings_and_data(tmp_path, data, zoo, monkeypatch):
+    train, val = data
+    cfg = tiny_config(max_epochs=2)
+    first, reused = ae.train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=val, save_dir=tmp_path)
+    assert not reused
+    direct = ae.train_layer_autoencoder(cfg, train, val, stop_on=val)
+    assert [h["val_functional"] for h in direct.history] == [h["val_functional"] for h in first.history]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ae, "train_layer_autoencoder", no_training)
+    again, reused = ae.train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=val, save_dir=tmp_path)
+    assert reused
+    assert again.history == first.history
+    assert (again.best_epoch, again.epochs_run, again.stopped_early, again.wall_seconds, again.dagger_states) == (
+        first.best_epoch, first.epochs_run, first.stopped_early, first.wall_seconds, first.dagger_states)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[key], value), key
+
+    # another setting, other stopping networks, or other data: trained, never read back
+    other_val = ae.LayerData.build(list(zoo[3::4]), states(512), 128, seed=7)
+    for args, kwargs in [((tiny_config(max_epochs=3), train, val), {"stop_on": val}),
+                         ((cfg, train, val), {"stop_on": None}),
+                         ((cfg, train, other_val), {"stop_on": val})]:
+        with pytest.raises(AssertionError, match="trained again"):
+            ae.train_or_reuse_layer_autoencoder(*args, **kwargs, save_dir=tmp_path)
+
+
 @pytest.mark.parametrize("loss", ["weights", "both"])
 def test_weight_losses_train(data, loss):
     train, val = data
