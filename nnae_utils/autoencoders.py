@@ -428,6 +428,16 @@ def _as_layer_weights(x: Any, spec: NetworkSpec, layer: int) -> tuple[np.ndarray
     return w, b, single
 
 
+def _as_codes(z: Any, latent_dim: int, owner: str) -> tuple[np.ndarray, bool]:
+    """(codes (P, latent_dim) float32, was_single) from one latent code (latent_dim,) or many (P, latent_dim)."""
+    z = np.asarray(z, np.float32)
+    single = z.ndim == 1
+    z2 = z[None] if single else z
+    if z2.ndim != 2 or z2.shape[1] != latent_dim:
+        raise ValueError(f"latent codes of this {owner} have {latent_dim} numbers, got shape {z.shape}")
+    return z2, single
+
+
 class LayerAutoencoder(nn.Module):
     """One layer's autoencoder (either form), with the normalisation fitted on the train split.
 
@@ -511,11 +521,7 @@ class LayerAutoencoder(nn.Module):
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(weight, bias) from one latent code (latent_dim,) or many (P, latent_dim)."""
-        z = np.asarray(z, np.float32)
-        single = z.ndim == 1
-        z2 = z[None] if single else z
-        if z2.ndim != 2 or z2.shape[1] != self.latent_dim:
-            raise ValueError(f"latent codes of this autoencoder have {self.latent_dim} numbers, got shape {z.shape}")
+        z2, single = _as_codes(z, self.latent_dim, "autoencoder")
         with torch.no_grad():
             w, b = self.decode_t(torch.from_numpy(np.ascontiguousarray(z2)))
         w, b = w.numpy().astype(np.float32), b.numpy().astype(np.float32)
@@ -631,11 +637,7 @@ class PCALayerCode:
         return z[0] if single else z
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = np.asarray(z, np.float32)
-        single = z.ndim == 1
-        z2 = z[None] if single else z
-        if z2.ndim != 2 or z2.shape[1] != self.latent_dim:
-            raise ValueError(f"latent codes of this PCA have {self.latent_dim} numbers, got shape {z.shape}")
+        z2, single = _as_codes(z, self.latent_dim, "PCA")
         if self.form == "flat":
             vec = z2 @ self._basis() + self.mean
         else:
