@@ -353,13 +353,15 @@ class LayerAEParams(StageParams):
     rollout_max_steps: int = 400
     """Episode cap of the rollouts of decoded networks (DAgger refreshes and the on-policy check)."""
     torch_threads: int = 1
-    """Torch threads (1: the machine has 2 cores, shared; more threads on a busy machine run slower)."""
+    """Torch threads per autoencoder in training (1: the machine has 2 cores, shared; more threads on a busy machine run slower)."""
+    jobs: int = 2
+    """Autoencoders trained at once, each in its own process (1: one after another, in the process of the notebook); the models do not depend on it."""
 
     def validate(self) -> None:
         self._positive(
             "sweep_ratios", "max_flat_latent", "flat_hidden", "token_hidden", "lr", "max_epochs", "steps_per_epoch",
             "patience", "networks_per_batch", "states_per_batch", "eval_states", "dagger_every", "dagger_networks",
-            "rollout_max_steps", "torch_threads", "holdout_every",
+            "rollout_max_steps", "torch_threads", "holdout_every", "jobs",
         )
         if self.stop_on not in ("validation", "train_holdout"):
             raise ParameterError(f"layer_autoencoders: stop_on must be validation or train_holdout, got {self.stop_on!r}")

@@ -250,6 +250,25 @@ def test_a_saved_training_is_read_back_equal_and_only_for_the_same_settings_and_
             ae.train_or_reuse_layer_autoencoder(*args, **kwargs, save_dir=tmp_path)
 
 
+def test_autoencoders_trained_in_parallel_processes_equal_those_trained_one_after_another(tmp_path, data):
+    train, val = data
+    configs = [tiny_config(max_epochs=2), tiny_config(max_epochs=2, form="token", latent=2), tiny_config(max_epochs=2, layer=0)]
+    one = ae.train_many_layer_autoencoders(configs, train, val, stop_on=val, save_dir=tmp_path / "one", jobs=1,
+                                           progress=False, backend="local")
+    two = ae.train_many_layer_autoencoders(configs, train, val, stop_on=val, save_dir=tmp_path / "two", jobs=2,
+                                           progress=False, backend="local")
+    assert [reused for _, reused in one + two] == [False] * 6
+    for (a, _), (b, _), cfg in zip(one, two, configs):
+        assert b.model.config == cfg
+        assert [h["val_functional"] for h in a.history] == [h["val_functional"] for h in b.history]
+        for key, value in a.model.state_dict().items():
+            assert torch.equal(b.model.state_dict()[key], value), key
+    # a parallel rerun reads back what the sequential run saved (the same thread count: the same fingerprint)
+    again = ae.train_many_layer_autoencoders(configs, train, val, stop_on=val, save_dir=tmp_path / "one", jobs=2,
+                                             progress=False, backend="local")
+    assert [reused for _, reused in again] == [True] * 3
+
+
 @pytest.mark.parametrize("loss", ["weights", "both"])
 def test_weight_losses_train(data, loss):
     train, val = data
