@@ -1087,8 +1087,12 @@ def train_or_reuse_layer_autoencoder(
 
 def _train_in_child(cfg: LayerAEConfig, train: LayerData, val: LayerData, stop_on: LayerData | None, save_dir: str,
                     torch_threads: int) -> tuple[TrainResult, bool]:
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)  # a spawned process starts with one thread per core
-    return train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=stop_on, save_dir=save_dir)
+    try:
+        return train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=stop_on, save_dir=save_dir)
+    finally:
+        torch.set_num_threads(previous_threads)  # it may run in the caller's process
 
 
 def train_many_layer_autoencoders(
@@ -1113,30 +1117,12 @@ def train_many_layer_autoencoders(
     may train them as tasks of a Ray cluster, ``save_dir`` then on a file system every node shares).
     With ``jobs=1`` on this machine they train in this process, one after another.
     """
-    import concurrent.futures as cf
-
-    from tqdm.auto import tqdm
-
     from .backends import resolve
 
-    backend = resolve(backend)
-    if jobs <= 1 and backend.is_local:
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(torch_threads)
-        try:
-            return [train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=stop_on, save_dir=save_dir)
-                    for cfg in tqdm(configs, desc=desc, disable=not progress, mininterval=10)]
-        finally:
-            torch.set_num_threads(previous_threads)
-    results: dict[int, tuple[TrainResult, bool]] = {}
-    # locally: spawned processes (fork would copy torch's thread pools into the children)
-    with backend.executor(jobs) as pool, tqdm(total=len(configs), desc=desc, disable=not progress, mininterval=10) as bar:
-        futures = {pool.submit(_train_in_child, cfg, train, val, stop_on, str(save_dir), torch_threads): i
-                   for i, cfg in enumerate(configs)}
-        for fut in cf.as_completed(futures):
-            results[futures[fut]] = fut.result()  # a training's error is raised here
-            bar.update(1)
-    return [results[i] for i in range(len(configs))]
+    n = len(configs)
+    # locally with jobs > 1: spawned processes (fork would copy torch's thread pools into the children)
+    return resolve(backend).map(_train_in_child, configs, [train] * n, [val] * n, [stop_on] * n, [str(save_dir)] * n,
+                                [torch_threads] * n, max_workers=jobs, progress=progress, desc=desc)
 
 
 # --------------------------------------------------------------------------- the stage's experiments

@@ -181,14 +181,25 @@ class Backend:
         """An executor for independent runs (``submit(fn, *args)`` returns a future)."""
         raise NotImplementedError
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], max_workers: int = 1) -> list[Any]:
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], max_workers: int = 1,
+            progress: bool = False, desc: str | None = None) -> list[Any]:
         """``[fn(*args) for args in zip(*iterables)]``, the calls spread over the backend's workers.
 
-        ``fn`` and its arguments must pickle (a module-level function). The first error is raised.
+        ``fn`` and its arguments must pickle (a module-level function). The first error to happen is
+        raised, and the calls that have not started are cancelled. ``progress`` shows a bar of
+        finished calls, named ``desc`` (default: the function's name).
         """
         calls = list(zip(*iterables))
-        with self.executor(max_workers) as pool:
+        with self.executor(max_workers) as pool, _progress_bar(len(calls), progress, desc or _name(fn)) as bar:
             futures = [pool.submit(fn, *args) for args in calls]
+            try:
+                for fut in cf.as_completed(futures):
+                    fut.result()
+                    bar.update(1)
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
             return [f.result() for f in futures]
 
     def __repr__(self) -> str:
@@ -213,11 +224,18 @@ class LocalBackend(Backend):
         """A process pool of ``max_workers`` spawned processes (fork would copy torch's thread pools)."""
         return cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], max_workers: int = 1) -> list[Any]:
-        """In this process when ``max_workers`` is 1, else in a process pool."""
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], max_workers: int = 1,
+            progress: bool = False, desc: str | None = None) -> list[Any]:
+        """In this process, one call after another, when ``max_workers`` is 1; else in a process pool."""
         if max_workers <= 1:
-            return [fn(*args) for args in zip(*iterables)]
-        return super().map(fn, *iterables, max_workers=max_workers)
+            calls = list(zip(*iterables))
+            with _progress_bar(len(calls), progress, desc or _name(fn)) as bar:
+                results = []
+                for args in calls:
+                    results.append(fn(*args))
+                    bar.update(1)
+                return results
+        return super().map(fn, *iterables, max_workers=max_workers, progress=progress, desc=desc)
 
 
 class RayBackend(Backend):
@@ -301,9 +319,7 @@ class RayBackend(Backend):
         try:
             if not progress:
                 return ray.get(refs)
-            from tqdm.auto import tqdm
-
-            with tqdm(total=len(refs), desc=desc, mininterval=5) as bar:
+            with _progress_bar(len(refs), True, desc) as bar:
                 pending = list(refs)
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
@@ -320,10 +336,10 @@ class RayBackend(Backend):
         return _RayExecutor(self)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], max_workers: int | None = None,
-            progress: bool = False) -> list[Any]:
+            progress: bool = False, desc: str | None = None) -> list[Any]:
         """One Ray task per call; results in call order. ``max_workers`` is ignored."""
         task = self._task(call)
-        return self._gather([task.remote(fn, args) for args in zip(*iterables)], progress, getattr(fn, "__name__", "map"))
+        return self._gather([task.remote(fn, args) for args in zip(*iterables)], progress, desc or _name(fn))
 
 
 class _RayExecutor(cf.Executor):
@@ -349,6 +365,17 @@ class _RayExecutor(cf.Executor):
     def __exit__(self, exc_type, exc, tb):
         self.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
         return False
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__name__", "map")
+
+
+def _progress_bar(total: int, progress: bool, desc: str):
+    """A tqdm bar over ``total`` calls (``disable``d without ``progress``; it prints at most every 5 s)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, mininterval=5)
 
 
 # --------------------------------------------------------------------------- what a task runs

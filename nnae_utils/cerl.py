@@ -641,10 +641,6 @@ def _row(state: evo.RunState, fitness, source: str, learner_returns, buffer, lea
 # --------------------------------------------------------------------------- many runs
 
 
-def _run_in_child(run: CERLRun) -> CERLResult:
-    return run_cerl(run)
-
-
 def run_many(runs: Sequence[CERLRun], *, jobs: int = 2, progress: bool = True, backend=None) -> dict[str, CERLResult]:
     """Run (or resume) every run, ``jobs`` processes at a time (TD3 updates are the cost; one process per core).
 
@@ -652,29 +648,14 @@ def run_many(runs: Sequence[CERLRun], *, jobs: int = 2, progress: bool = True, b
     ``backend`` (:mod:`nnae_utils.backends`; None: the current one), which may run them as tasks
     of a Ray cluster instead (one task per run, as many at a time as the cluster has slots).
     """
-    import concurrent.futures as cf
-
-    from tqdm.auto import tqdm
-
     from .backends import resolve
 
-    backend = resolve(backend)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("run ids must be unique")
-    results: dict[str, CERLResult] = {}
-    if jobs <= 1 and backend.is_local:
-        for run in tqdm(runs, desc="CERL runs", disable=not progress, mininterval=10):
-            results[run.run_id] = run_cerl(run)
-        return results
-    # locally: spawned processes (fork would copy torch's thread pools into the children)
-    with backend.executor(jobs) as pool, tqdm(
-            total=len(runs), desc="CERL runs", disable=not progress, mininterval=10) as bar:
-        futures = {pool.submit(_run_in_child, run): run.run_id for run in runs}
-        for fut in cf.as_completed(futures):
-            results[futures[fut]] = fut.result()  # a run's error is raised here
-            bar.update(1)
-    return {i: results[i] for i in ids}
+    # locally with jobs > 1: spawned processes (fork would copy torch's thread pools into the children)
+    results = resolve(backend).map(run_cerl, runs, max_workers=jobs, progress=progress, desc="CERL runs")
+    return dict(zip(ids, results))
 
 
 # --------------------------------------------------------------------------- results as tables

@@ -25,7 +25,6 @@ Example:
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import backends
 from .policies import Network, actor_to_network, load_network, make_actor, save_network
@@ -132,9 +130,13 @@ def _distill_to_file(teacher_path: str, cfg: DistillConfig, out_path: str, teach
 
     import torch
 
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.process_time()
-    result = distill(load_network(teacher_path), cfg, teacher_id=teacher_id)
+    try:
+        result = distill(load_network(teacher_path), cfg, teacher_id=teacher_id)
+    finally:
+        torch.set_num_threads(previous_threads)  # it may run in the caller's process
     net = result.network
     net.extra_metadata[CPU_SECONDS_KEY] = f"{time.process_time() - start:.3f}"  # what the zoo's provenance sums
     save_network(out_path, net)  # atomic: a killed job leaves no student behind
@@ -157,16 +159,10 @@ def distill_many(jobs: Sequence[StudentJob], *, workers: int = 2, backend=None, 
     A student whose file exists is kept, so an interrupted call resumes where it stopped.
     """
     todo = [j for j in jobs if not Path(j.out_path).is_file()]
-    if todo:
-        with backends.resolve(backend).executor(workers) as pool, tqdm(
-            total=len(todo), desc="DAgger students", unit="net", disable=not progress
-        ) as bar:
-            futures = [
-                pool.submit(_distill_to_file, str(j.teacher_path), j.config, str(j.out_path), j.teacher_id) for j in todo
-            ]
-            for fut in cf.as_completed(futures):
-                fut.result()  # a failed student stops the call, naming its error
-                bar.update(1)
+    backends.resolve(backend).map(  # a failed student stops the call, naming its error
+        _distill_to_file, [str(j.teacher_path) for j in todo], [j.config for j in todo],
+        [str(j.out_path) for j in todo], [j.teacher_id for j in todo],
+        max_workers=workers, progress=progress, desc="DAgger students")
     return [Path(j.out_path) for j in jobs]
 
 

@@ -295,7 +295,7 @@ def top_up_with_students(
     cpu = sum(float(load_network(p).extra_metadata.get(CPU_SECONDS_KEY, "nan")) for p in distilled)
     report = {"students_distilled": len(distilled),
               "students_admitted": sum(r["provenance"].get("kind") == "dagger_student" for r in records),
-              "distill_cpu_s": round(cpu, 1)}
+              "distill_cpu_s": round(cpu, 3)}
     return records, report
 
 
