@@ -1087,12 +1087,10 @@ def train_or_reuse_layer_autoencoder(
 
 def _train_in_child(cfg: LayerAEConfig, train: LayerData, val: LayerData, stop_on: LayerData | None, save_dir: str,
                     torch_threads: int) -> tuple[TrainResult, bool]:
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)  # a spawned process starts with one thread per core
-    try:
+    from .backends import torch_threads as threads
+
+    with threads(torch_threads):
         return train_or_reuse_layer_autoencoder(cfg, train, val, stop_on=stop_on, save_dir=save_dir)
-    finally:
-        torch.set_num_threads(previous_threads)  # it may run in the caller's process
 
 
 def train_many_layer_autoencoders(

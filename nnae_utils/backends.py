@@ -47,13 +47,14 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -376,6 +377,23 @@ def _progress_bar(total: int, progress: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not progress, mininterval=5)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block, the previous count restored after it.
+
+    A run's child function sets its threads this way: a spawned process starts with one thread per
+    core, and the same function may also run in the caller's process (``map`` with one worker).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------- what a task runs

@@ -128,15 +128,9 @@ def distill(teacher: Network, cfg: DistillConfig, *, teacher_id: str = "") -> Di
 def _distill_to_file(teacher_path: str, cfg: DistillConfig, out_path: str, teacher_id: str) -> str:
     import time
 
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     start = time.process_time()
-    try:
+    with backends.torch_threads(1):
         result = distill(load_network(teacher_path), cfg, teacher_id=teacher_id)
-    finally:
-        torch.set_num_threads(previous_threads)  # it may run in the caller's process
     net = result.network
     net.extra_metadata[CPU_SECONDS_KEY] = f"{time.process_time() - start:.3f}"  # what the zoo's provenance sums
     save_network(out_path, net)  # atomic: a killed job leaves no student behind
