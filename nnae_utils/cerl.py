@@ -95,6 +95,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 import numpy as np
 
 from . import evolution as evo
+from .backends import torch_threads
 from .genomes import Genome, WeightGenome, action_distance, mutate
 from .policies import Network, save_network
 from .rollouts import EvalResult, evaluate
@@ -422,10 +423,8 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
     weights = WeightGenome(spec)  # champions are networks (a learner's actor may win): scored as weight vectors
     folder = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else None
     fingerprint = run.fingerprint
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads)
     t_session, cpu_session = time.perf_counter(), time.process_time()
-    try:
+    with torch_threads(cfg.torch_threads):
         # ---- seeding and state (fresh, or exactly as checkpointed)
         torch.manual_seed(cfg.seed)
         learners = make_learners(cfg, spec, run.start, run.critic)
@@ -613,8 +612,6 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
 
         checkpoint()
         return CERLResult(run.run_id, state, log)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def champion_at(curve: Sequence[Mapping[str, Any]], budget_steps: int) -> Mapping[str, Any]:

@@ -59,9 +59,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .provenance import json_default
+from .backends import torch_threads
 from .policies import ACTIVATIONS, Network, NetworkSpec, actor_to_network, make_actor, save_network
-from .provenance import runtime_versions
+from .provenance import json_default, runtime_versions
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BUFFER_FILE = "buffer.npz"
@@ -718,200 +718,198 @@ def train_td3(
         lock.close()
         raise
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(space.shape))
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads)
     cpu0, t_session = time.process_time(), time.perf_counter()
-    try:
-        # ---- seeding and state (fresh, or exactly as checkpointed)
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        learner = TD3Learner.from_config(cfg, obs_dim, act_dim)
-        buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size)
-        eval_seeds = selection_seeds(cfg)
-        eval_backend = "batched" if cfg.env_id in SUPPORTED_ENV_IDS else "gymnasium"
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        prov = json.loads(prov_path.read_text()) if (ckpt is not None and prov_path.is_file()) else {}
-        prov.setdefault("start_time", now)
-        prov.setdefault("buffer_refilled_at_steps", [])
-        prov.setdefault("episodes_cut_at_steps", [])
-        prov.setdefault("sessions", [])
-        prov.setdefault("core_seconds", 0.0)
-        prov.update(config=cfg.to_dict(), versions=runtime_versions(), eval_seeds=eval_seeds.tolist(),
-                    finished=False, host=platform.node())
-        step, episode, ep_return, ep_len, obs = 0, 0, 0.0, 0, None
-        next_ckpt = cfg.checkpoint_every
-        wall_offset, update_time, updates_at_eval, update_time_at_eval, last_return = 0.0, 0.0, 0, 0.0, float("nan")
-        need_refill, last_ckpt_step = False, None
-        if ckpt is None:
-            if curve_path.exists():
-                curve_path.unlink()  # leftovers of an attempt that never checkpointed: redone identically
-            for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
-                p.unlink()
-            _write_curve(curve_path, [])
-        else:
-            learner.load_state_dict(ckpt["learner"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            rng.bit_generator.state = ckpt["numpy_rng"]
-            step, episode = int(ckpt["step"]), int(ckpt["episode"])
-            next_ckpt = int(ckpt["next_checkpoint"])
-            wall_offset, update_time = float(ckpt["wall_s"]), float(ckpt["update_time_s"])
-            updates_at_eval, update_time_at_eval = int(ckpt["updates_at_eval"]), float(ckpt["update_time_at_eval"])
-            last_return = float(ckpt["last_return"])
-            if ckpt["obs"] is not None:  # stopped mid-episode: continue the very same episode
-                env.reset(seed=episode_seed(cfg.seed, episode))
-                if ckpt["env_state"] is None:
-                    prov["episodes_cut_at_steps"].append(step)  # not a MuJoCo env: the episode restarts
-                    episode += 1
-                else:
-                    _set_env_state(env, ckpt["env_state"])
-                    obs = ckpt["obs"].numpy()
-                    ep_return, ep_len = float(ckpt["ep_return"]), int(ckpt["ep_len"])
-            # the buffer must be the one written with this checkpoint (it is written first)
-            if buffer_path.is_file():
-                loaded = ReplayBuffer.load(buffer_path)
-                if loaded.capacity != cfg.buffer_size or (loaded.obs_dim, loaded.act_dim) != (obs_dim, act_dim):
-                    raise ValueError(f"{buffer_path} does not match the config (capacity/sizes)")
-                want = int(ckpt["buffer_n_added"])
-                if loaded.n_added == want:
-                    buffer = loaded
-                elif want < loaded.n_added <= loaded.capacity:  # newer by a crash between the two writes
-                    loaded.n_added = loaded.size = loaded.ptr = want
-                    buffer = loaded
+    with torch_threads(cfg.torch_threads):
+        try:
+            # ---- seeding and state (fresh, or exactly as checkpointed)
+            torch.manual_seed(cfg.seed)
+            rng = np.random.default_rng(cfg.seed)
+            learner = TD3Learner.from_config(cfg, obs_dim, act_dim)
+            buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size)
+            eval_seeds = selection_seeds(cfg)
+            eval_backend = "batched" if cfg.env_id in SUPPORTED_ENV_IDS else "gymnasium"
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            prov = json.loads(prov_path.read_text()) if (ckpt is not None and prov_path.is_file()) else {}
+            prov.setdefault("start_time", now)
+            prov.setdefault("buffer_refilled_at_steps", [])
+            prov.setdefault("episodes_cut_at_steps", [])
+            prov.setdefault("sessions", [])
+            prov.setdefault("core_seconds", 0.0)
+            prov.update(config=cfg.to_dict(), versions=runtime_versions(), eval_seeds=eval_seeds.tolist(),
+                        finished=False, host=platform.node())
+            step, episode, ep_return, ep_len, obs = 0, 0, 0.0, 0, None
+            next_ckpt = cfg.checkpoint_every
+            wall_offset, update_time, updates_at_eval, update_time_at_eval, last_return = 0.0, 0.0, 0, 0.0, float("nan")
+            need_refill, last_ckpt_step = False, None
+            if ckpt is None:
+                if curve_path.exists():
+                    curve_path.unlink()  # leftovers of an attempt that never checkpointed: redone identically
+                for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
+                    p.unlink()
+                _write_curve(curve_path, [])
+            else:
+                learner.load_state_dict(ckpt["learner"])
+                torch.set_rng_state(ckpt["torch_rng"])
+                rng.bit_generator.state = ckpt["numpy_rng"]
+                step, episode = int(ckpt["step"]), int(ckpt["episode"])
+                next_ckpt = int(ckpt["next_checkpoint"])
+                wall_offset, update_time = float(ckpt["wall_s"]), float(ckpt["update_time_s"])
+                updates_at_eval, update_time_at_eval = int(ckpt["updates_at_eval"]), float(ckpt["update_time_at_eval"])
+                last_return = float(ckpt["last_return"])
+                if ckpt["obs"] is not None:  # stopped mid-episode: continue the very same episode
+                    env.reset(seed=episode_seed(cfg.seed, episode))
+                    if ckpt["env_state"] is None:
+                        prov["episodes_cut_at_steps"].append(step)  # not a MuJoCo env: the episode restarts
+                        episode += 1
+                    else:
+                        _set_env_state(env, ckpt["env_state"])
+                        obs = ckpt["obs"].numpy()
+                        ep_return, ep_len = float(ckpt["ep_return"]), int(ckpt["ep_len"])
+                # the buffer must be the one written with this checkpoint (it is written first)
+                if buffer_path.is_file():
+                    loaded = ReplayBuffer.load(buffer_path)
+                    if loaded.capacity != cfg.buffer_size or (loaded.obs_dim, loaded.act_dim) != (obs_dim, act_dim):
+                        raise ValueError(f"{buffer_path} does not match the config (capacity/sizes)")
+                    want = int(ckpt["buffer_n_added"])
+                    if loaded.n_added == want:
+                        buffer = loaded
+                    elif want < loaded.n_added <= loaded.capacity:  # newer by a crash between the two writes
+                        loaded.n_added = loaded.size = loaded.ptr = want
+                        buffer = loaded
+                    else:
+                        need_refill = True
                 else:
                     need_refill = True
-            else:
-                need_refill = True
-            rows = [r for r in _read_curve(curve_path) if int(r["step"]) <= step]
-            _write_curve(curve_path, rows)  # drop evaluations made after the checkpoint
-            for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
-                if int(p.stem.split("_")[1]) > step:
-                    p.unlink()
-        prov["sessions"].append({"start_time": now, "start_step": step, "torch_threads": cfg.torch_threads})
-        t0 = time.perf_counter() - wall_offset  # wall clock of the run, over all sessions
+                rows = [r for r in _read_curve(curve_path) if int(r["step"]) <= step]
+                _write_curve(curve_path, rows)  # drop evaluations made after the checkpoint
+                for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
+                    if int(p.stem.split("_")[1]) > step:
+                        p.unlink()
+            prov["sessions"].append({"start_time": now, "start_step": step, "torch_threads": cfg.torch_threads})
+            t0 = time.perf_counter() - wall_offset  # wall clock of the run, over all sessions
 
-        def explore_action(o: np.ndarray, at_step: int) -> np.ndarray:
-            if at_step < cfg.learning_starts:
-                return rng.uniform(space.low, space.high).astype(np.float32)
-            a = learner.act(o) + rng.normal(0.0, cfg.exploration_noise, size=act_dim)
-            return np.clip(a, space.low, space.high).astype(np.float32)
+            def explore_action(o: np.ndarray, at_step: int) -> np.ndarray:
+                if at_step < cfg.learning_starts:
+                    return rng.uniform(space.low, space.high).astype(np.float32)
+                a = learner.act(o) + rng.normal(0.0, cfg.exploration_noise, size=act_dim)
+                return np.clip(a, space.low, space.high).astype(np.float32)
 
-        # ---- lost buffer (a new machine): refill it with the current actor, no updates, not counted
-        if need_refill:
-            n_refill = max(cfg.learning_starts, cfg.batch_size)
-            for _ in range(n_refill):
-                if obs is None:
-                    obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
-                    ep_return, ep_len = 0.0, 0
-                action = explore_action(obs, step)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                buffer.add(obs, action, reward, next_obs, terminated)
-                obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
-                if terminated or truncated:
-                    episode, obs = episode + 1, None
-            prov["buffer_refilled_at_steps"].append(step)
-            prov.setdefault("buffer_refill_env_steps", 0)
-            prov["buffer_refill_env_steps"] += n_refill
+            # ---- lost buffer (a new machine): refill it with the current actor, no updates, not counted
+            if need_refill:
+                n_refill = max(cfg.learning_starts, cfg.batch_size)
+                for _ in range(n_refill):
+                    if obs is None:
+                        obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
+                        ep_return, ep_len = 0.0, 0
+                    action = explore_action(obs, step)
+                    next_obs, reward, terminated, truncated, _ = env.step(action)
+                    buffer.add(obs, action, reward, next_obs, terminated)
+                    obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
+                    if terminated or truncated:
+                        episode, obs = episode + 1, None
+                prov["buffer_refilled_at_steps"].append(step)
+                prov.setdefault("buffer_refill_env_steps", 0)
+                prov["buffer_refill_env_steps"] += n_refill
 
-        def evaluate_and_snapshot() -> None:
-            nonlocal last_return, updates_at_eval, update_time_at_eval
-            net = learner.actor_network()
-            result = evaluate(net, eval_seeds, backend=eval_backend, nthread=cfg.torch_threads,
-                              max_steps=cfg.eval_max_steps)
-            returns = np.asarray(result.returns, np.float64).reshape(-1)
-            d_upd, d_time = learner.n_updates - updates_at_eval, update_time - update_time_at_eval
-            row = {
-                "step": step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
-                "episodes": len(returns), "wall_s": round(time.perf_counter() - t0, 3),
-                "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": episode,
-                "updates": learner.n_updates, "update_time_s": round(update_time, 4),
-            }
-            net.extra_metadata.update({
-                "run_seed": str(cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),
-                "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(eval_seeds.tolist()),
-                "eval_max_steps": str(cfg.eval_max_steps), "trainer": "nnae_utils.td3",
-                "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
-            })
-            save_network(snap_dir / f"step_{step:07d}.safetensors", net)
-            _append_curve(curve_path, row)
-            last_return, updates_at_eval, update_time_at_eval = row["return_mean"], learner.n_updates, update_time
-            bar.set_postfix(ret=f"{last_return:.0f}", refresh=False)
-            if on_eval is not None:
-                on_eval(row)
+            def evaluate_and_snapshot() -> None:
+                nonlocal last_return, updates_at_eval, update_time_at_eval
+                net = learner.actor_network()
+                result = evaluate(net, eval_seeds, backend=eval_backend, nthread=cfg.torch_threads,
+                                  max_steps=cfg.eval_max_steps)
+                returns = np.asarray(result.returns, np.float64).reshape(-1)
+                d_upd, d_time = learner.n_updates - updates_at_eval, update_time - update_time_at_eval
+                row = {
+                    "step": step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
+                    "episodes": len(returns), "wall_s": round(time.perf_counter() - t0, 3),
+                    "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": episode,
+                    "updates": learner.n_updates, "update_time_s": round(update_time, 4),
+                }
+                net.extra_metadata.update({
+                    "run_seed": str(cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),
+                    "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(eval_seeds.tolist()),
+                    "eval_max_steps": str(cfg.eval_max_steps), "trainer": "nnae_utils.td3",
+                    "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
+                })
+                save_network(snap_dir / f"step_{step:07d}.safetensors", net)
+                _append_curve(curve_path, row)
+                last_return, updates_at_eval, update_time_at_eval = row["return_mean"], learner.n_updates, update_time
+                bar.set_postfix(ret=f"{last_return:.0f}", refresh=False)
+                if on_eval is not None:
+                    on_eval(row)
 
-        def checkpoint() -> None:
-            nonlocal last_ckpt_step
-            last_ckpt_step = step
-            mid_episode = obs is not None
-            env_state = _env_state(env) if mid_episode else None
-            buffer.save(buffer_path)  # first: a checkpoint never points at a buffer older than itself
-            state = {
-                "version": CHECKPOINT_VERSION, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-                "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state, "step": step, "episode": episode,
-                "next_checkpoint": next_ckpt, "obs": torch.from_numpy(np.asarray(obs, np.float64)) if mid_episode else None,
-                "env_state": env_state, "ep_return": ep_return, "ep_len": ep_len, "buffer_n_added": buffer.n_added,
-                "wall_s": time.perf_counter() - t0, "update_time_s": update_time, "updates_at_eval": updates_at_eval,
-                "update_time_at_eval": update_time_at_eval, "last_return": last_return,
-            }
-            _atomic_write(ckpt_path, lambda f: torch.save(state, f))
-            write_provenance(finished=False)
+            def checkpoint() -> None:
+                nonlocal last_ckpt_step
+                last_ckpt_step = step
+                mid_episode = obs is not None
+                env_state = _env_state(env) if mid_episode else None
+                buffer.save(buffer_path)  # first: a checkpoint never points at a buffer older than itself
+                state = {
+                    "version": CHECKPOINT_VERSION, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+                    "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": rng.bit_generator.state, "step": step, "episode": episode,
+                    "next_checkpoint": next_ckpt, "obs": torch.from_numpy(np.asarray(obs, np.float64)) if mid_episode else None,
+                    "env_state": env_state, "ep_return": ep_return, "ep_len": ep_len, "buffer_n_added": buffer.n_added,
+                    "wall_s": time.perf_counter() - t0, "update_time_s": update_time, "updates_at_eval": updates_at_eval,
+                    "update_time_at_eval": update_time_at_eval, "last_return": last_return,
+                }
+                _atomic_write(ckpt_path, lambda f: torch.save(state, f))
+                write_provenance(finished=False)
 
-        def write_provenance(finished: bool) -> None:
-            end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            session = prov["sessions"][-1]
-            session.update(end_time=end, end_step=step, wall_s=round(time.perf_counter() - t_session, 3),
-                           core_seconds=round(time.process_time() - cpu0, 3))
-            core = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])
-            prov.update(end_time=end, total_wall_s=round(time.perf_counter() - t0, 3), core_seconds=round(core, 3),
-                        step=step, updates=learner.n_updates, train_episodes=episode, finished=finished)
-            _write_json(prov_path, prov)
+            def write_provenance(finished: bool) -> None:
+                end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                session = prov["sessions"][-1]
+                session.update(end_time=end, end_step=step, wall_s=round(time.perf_counter() - t_session, 3),
+                               core_seconds=round(time.process_time() - cpu0, 3))
+                core = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])
+                prov.update(end_time=end, total_wall_s=round(time.perf_counter() - t0, 3), core_seconds=round(core, 3),
+                            step=step, updates=learner.n_updates, train_episodes=episode, finished=finished)
+                _write_json(prov_path, prov)
 
-        # ---- the loop
-        stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
-        done_early = done_when is not None and done_when(_read_curve(curve_path))
-        bar = tqdm(total=cfg.total_steps, initial=step, desc=f"TD3 seed {cfg.seed}", unit="step",
-                   disable=not progress, mininterval=2.0, dynamic_ncols=True)
-        with bar:
-            if step == 0 and ckpt is None:
-                evaluate_and_snapshot()  # the untrained actor: curves start at step 0
-            while step < stop and not done_early:
-                if obs is None:
-                    obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
-                    ep_return, ep_len = 0.0, 0
-                action = explore_action(obs, step)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                buffer.add(obs, action, reward, next_obs, terminated)  # bootstrap through truncation
-                obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
-                step += 1
-                if step > cfg.learning_starts:
-                    tu = time.perf_counter()
-                    learner.update(buffer.sample(cfg.batch_size, rng))
-                    update_time += time.perf_counter() - tu
-                if terminated or truncated:
-                    episode, obs = episode + 1, None
-                if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                    evaluate_and_snapshot()
-                    done_early = done_when is not None and done_when(_read_curve(curve_path))
-                if obs is None and step >= next_ckpt:
-                    next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                    checkpoint()
-                bar.update(1)
-            if last_ckpt_step != step and (ckpt is None or step != int(ckpt["step"]) or need_refill):
-                checkpoint()  # at the end, or where the caller stopped us
-        finished = step >= cfg.total_steps or done_early
-        if done_early:
-            prov["done_early"] = {"rule": repr(done_when), "step": step}
-        if finished:
-            save_critic(run_dir / CRITIC_FILE, learner.critic, {
-                "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(step), "run_seed": str(cfg.seed)})
-        write_provenance(finished=finished)
-        curve = pd.read_csv(curve_path)
-        return TD3Run(run_dir=run_dir, step=step, finished=finished, curve=curve, final_return=last_return,
-                      snapshots=sorted(snap_dir.glob("step_*.safetensors")), wall_s=time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(prev_threads)
-        env.close()
-        lock.close()
+            # ---- the loop
+            stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
+            done_early = done_when is not None and done_when(_read_curve(curve_path))
+            bar = tqdm(total=cfg.total_steps, initial=step, desc=f"TD3 seed {cfg.seed}", unit="step",
+                       disable=not progress, mininterval=2.0, dynamic_ncols=True)
+            with bar:
+                if step == 0 and ckpt is None:
+                    evaluate_and_snapshot()  # the untrained actor: curves start at step 0
+                while step < stop and not done_early:
+                    if obs is None:
+                        obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
+                        ep_return, ep_len = 0.0, 0
+                    action = explore_action(obs, step)
+                    next_obs, reward, terminated, truncated, _ = env.step(action)
+                    buffer.add(obs, action, reward, next_obs, terminated)  # bootstrap through truncation
+                    obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
+                    step += 1
+                    if step > cfg.learning_starts:
+                        tu = time.perf_counter()
+                        learner.update(buffer.sample(cfg.batch_size, rng))
+                        update_time += time.perf_counter() - tu
+                    if terminated or truncated:
+                        episode, obs = episode + 1, None
+                    if step % cfg.eval_every == 0 or step == cfg.total_steps:
+                        evaluate_and_snapshot()
+                        done_early = done_when is not None and done_when(_read_curve(curve_path))
+                    if obs is None and step >= next_ckpt:
+                        next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                        checkpoint()
+                    bar.update(1)
+                if last_ckpt_step != step and (ckpt is None or step != int(ckpt["step"]) or need_refill):
+                    checkpoint()  # at the end, or where the caller stopped us
+            finished = step >= cfg.total_steps or done_early
+            if done_early:
+                prov["done_early"] = {"rule": repr(done_when), "step": step}
+            if finished:
+                save_critic(run_dir / CRITIC_FILE, learner.critic, {
+                    "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(step), "run_seed": str(cfg.seed)})
+            write_provenance(finished=finished)
+            curve = pd.read_csv(curve_path)
+            return TD3Run(run_dir=run_dir, step=step, finished=finished, curve=curve, final_return=last_return,
+                          snapshots=sorted(snap_dir.glob("step_*.safetensors")), wall_s=time.perf_counter() - t0)
+        finally:
+            env.close()
+            lock.close()
 
 
 def lock_run_dir(run_dir: Path):
