@@ -3,7 +3,8 @@
 The book is built from the ``default`` run, about an hour on 2 cores. The ``long`` run takes
 core-hours in the background; its results are *published*: the small files of each finished
 stage (``summary.json``, the ``.csv`` tables and curves, the stage record with every parameter,
-and the networks it scored: ``champions/``, ``migrants/``) are copied into
+and the networks it scored: ``champions/``, ``migrants/``; of stage 2, the autoencoders later stages
+load: :data:`STAGE_FOLDERS`) are copied into
 ``results/<profile>/<stage folder>/``, with a ``published.json`` that names the command, the date,
 the code revision and software versions that computed the stage (from its summary), the revision
 that published it, and the stage's wall time. The stage notebooks show a
@@ -19,6 +20,7 @@ Command line::
 
     python -m nnae_utils.published runs/long              # publish stages 4 and 5 of runs/long
     python -m nnae_utils.published runs/long --stages latent_evolution
+    python -m nnae_utils.published runs/long --stages layer_autoencoders   # what later stages load, for --restore
     python -m nnae_utils.published runs/long --carry      # commit stage 5's finished runs (still running)
     python -m nnae_utils.published runs/long --restore    # a new machine: put back what results/long holds
 
@@ -59,6 +61,12 @@ META_FILE = "published.json"
 TABLE_SUFFIXES = (".json", ".csv")
 NETWORK_FOLDERS = ("champions", "migrants")
 """Folders of networks in the suite's format that a stage scored (re-scorable from the repository)."""
+STAGE_FOLDERS = {"layer_autoencoders": ("autoencoders", "pca")}
+"""Folders a stage publishes instead of :data:`NETWORK_FOLDERS`. Stage 2 scores no network of its own;
+what later stages load from it (the main autoencoders and the PCA codes at the same size) is published
+so that a new machine restores them (:func:`restore`) instead of retraining them: an hour on 2 cores for
+the ``long`` profile, and the runs of stage 5 that evolve in the latent space resume only with the very
+autoencoders that started them (their fingerprint hashes the decoder)."""
 DEFAULT_STAGES = ("latent_evolution", "cerl_comparison")
 """The stages whose long runs the book shows beside the default run's (their outputs are small)."""
 MAX_BYTES = 40 * 2**20
@@ -98,8 +106,8 @@ def publish(run_dir: str | os.PathLike, *, stages: Sequence[str] = DEFAULT_STAGE
         if not (source / "summary.json").is_file() or record.get(RESTORED_FROM):
             continue  # not finished, or a copy of a publication (restore), not something this run computed
         files = [p for p in source.iterdir() if p.is_file() and p.suffix in TABLE_SUFFIXES]
-        files += [p for folder in NETWORK_FOLDERS if (source / folder).is_dir() for p in (source / folder).iterdir()
-                  if p.is_file()]
+        files += [p for folder in STAGE_FOLDERS.get(name, NETWORK_FOLDERS) if (source / folder).is_dir()
+                  for p in _files_under(source / folder)]
         size = sum(p.stat().st_size for p in files)
         if size > MAX_BYTES:
             raise ValueError(f"{source}: {size / 2**20:.0f} MiB to publish, more than {MAX_BYTES / 2**20:.0f} MiB")

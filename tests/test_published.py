@@ -57,6 +57,25 @@ def test_publish_copies_tables_and_networks_only(tmp_path):
     assert "shows no other profile" in published.beside_sentence("", None)
 
 
+def test_stage_2_publishes_what_later_stages_load_and_a_new_machine_restores_it(tmp_path):
+    run, new_machine, root = tmp_path / "old" / "long", tmp_path / "new" / "long", tmp_path / "results"
+    stage = run / "02_layer_autoencoders"
+    for folder in ("autoencoders", "pca", "models", "aligned"):
+        (stage / folder).mkdir(parents=True)
+        (stage / folder / "layer0_flat.safetensors").write_bytes(folder.encode())
+    (stage / "summary.json").write_text(json.dumps({"best_layer": {"flat": 1}}))
+    (stage / "stage.json").write_text(json.dumps({"key": "k2", "params": {"main_ratio": 10.0}}))
+    assert published.publish(run, root=root, command="c") == []  # not among the stages published by default
+    [dest] = published.publish(run, stages=["layer_autoencoders"], root=root, command="c")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "autoencoders/layer0_flat.safetensors", "pca/layer0_flat.safetensors", "published.json", "stage.json",
+        "summary.json"]  # no sweep models, no alignment: nothing later stages read
+    assert published.restore(new_machine, root=root) == [new_machine / "02_layer_autoencoders"]
+    restored = new_machine / "02_layer_autoencoders"
+    assert (restored / "autoencoders" / "layer0_flat.safetensors").read_bytes() == b"autoencoders"
+    assert json.loads((restored / "stage.json").read_text())["key"] == "k2"  # its own key: later stages' upstream
+
+
 def test_publish_replaces_an_earlier_publication_whole(tmp_path):
     run = tmp_path / "long"
     stage = _fake_stage(run, "04_latent_evolution", SUMMARY, extra=[("old.csv", b"a\n1\n")])
