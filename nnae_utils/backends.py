@@ -52,6 +52,7 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import platform
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -64,6 +65,32 @@ ENV_VAR = "NNAE_BACKEND"
 """Environment variable naming the backend of the current process (unset: ``local``)."""
 DEFAULT_BACKEND = "local"
 RAY_HINT = "the ray backend needs Ray: pip install 'nnae-utils[ray]' (or the pinned ray==2.60.0)"
+
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Zen"}
+"""Environment that caps the CPU kernels of torch (ATen, oneDNN, MKL) and numpy's OpenBLAS at AVX2.
+
+torch picks its kernels by the instruction set of the CPU, and its AVX-512 kernels may round
+differently: on an AMD EPYC family 25 model 17 machine (AVX-512) the data stage of the ``long``
+profile gave other states than on the machines before it, and every stage after it would have
+differed too (Hopper is chaotic: the last bit of an action changes the trajectory). With this
+environment it gave the very same bytes as those machines, so a run resumed or rerun on another
+x86-64 machine continues the same computation. torch reads it when imported, so the pipeline sets
+it in the kernels it starts (:func:`kernel_environment`).
+"""
+
+
+def kernel_environment(native: bool = False) -> dict[str, str]:
+    """Variables to set in a stage's kernel: :data:`PORTABLE_KERNELS` on x86-64 (none with ``native``,
+    or elsewhere), less any the caller's environment already sets, which are kept.
+
+    Example:
+        >>> kernel_environment(native=True)
+        {}
+    """
+    if native or platform.machine() not in ("x86_64", "AMD64"):
+        return {}
+    return {name: value for name, value in PORTABLE_KERNELS.items() if name not in os.environ}
 
 
 # --------------------------------------------------------------------------- settings

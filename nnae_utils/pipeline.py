@@ -22,6 +22,7 @@ it is not part of any cache key: a stage computed on a cluster is up to date her
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,11 +35,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-from .backends import ENV_VAR as BACKEND_ENV_VAR, RAY_HINT, RaySettings, parse_backend
+from .backends import ENV_VAR as BACKEND_ENV_VAR, PORTABLE_KERNELS, RAY_HINT, RaySettings, kernel_environment, parse_backend
 from .published import digest as published_digest
 from .stages import STAGE_RECORD, STAGES, STAGES_BY_NAME, MissingInputError, ParameterError, Stage, StageParams
 
@@ -163,23 +164,24 @@ def _failure_message(stage: Stage, exc: Exception, kept: Path | None) -> str:
     return msg
 
 
-def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backend: str = "local") -> dict[str, Any]:
-    """Execute one stage notebook with papermill; return its record (written to stage.json).
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``variables`` set in ``os.environ`` for the block (the kernels papermill starts inherit them), then restored."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-    The notebook's kernel inherits ``NNAE_BACKEND=backend`` (:mod:`nnae_utils.backends`).
-    """
+
+def _execute(stage: Stage, params: StageParams, running_nb: Path, failed_nb: Path) -> None:
     import papermill
 
-    executed_dir = run_dir / "executed"
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    final_nb = executed_dir / f"{stage.folder}.ipynb"
-    running_nb = executed_dir / f"{stage.folder}.running.ipynb"
-    failed_nb = executed_dir / f"{stage.folder}.failed.ipynb"
-    failed_nb.unlink(missing_ok=True)
-    log.info("stage %s: running %s", stage.name, stage.notebook)
-    start = time.time()
-    previous_backend = os.environ.get(BACKEND_ENV_VAR)
-    os.environ[BACKEND_ENV_VAR] = backend  # the kernel papermill starts inherits it
     try:
         papermill.execute_notebook(
             str(PROJECT_ROOT / stage.notebook),
@@ -196,11 +198,28 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backen
             os.replace(running_nb, failed_nb)
             kept = failed_nb
         raise PipelineError(_failure_message(stage, exc, kept)) from exc
-    finally:
-        if previous_backend is None:
-            os.environ.pop(BACKEND_ENV_VAR, None)
-        else:
-            os.environ[BACKEND_ENV_VAR] = previous_backend
+
+
+def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backend: str = "local",
+              native_kernels: bool = False) -> dict[str, Any]:
+    """Execute one stage notebook with papermill; return its record (written to stage.json).
+
+    The notebook's kernel inherits ``NNAE_BACKEND=backend`` (:mod:`nnae_utils.backends`) and, unless
+    ``native_kernels``, CPU kernels capped at AVX2 (:data:`nnae_utils.backends.PORTABLE_KERNELS`), so
+    that another x86-64 machine computes the same bits; the record says which (``cpu_kernels``). Workers
+    of a Ray backend do not inherit it: set it in the cluster's environment.
+    """
+    executed_dir = run_dir / "executed"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    final_nb = executed_dir / f"{stage.folder}.ipynb"
+    running_nb = executed_dir / f"{stage.folder}.running.ipynb"
+    failed_nb = executed_dir / f"{stage.folder}.failed.ipynb"
+    failed_nb.unlink(missing_ok=True)
+    log.info("stage %s: running %s", stage.name, stage.notebook)
+    start = time.time()
+    with _environment({BACKEND_ENV_VAR: backend, **kernel_environment(native_kernels)}):
+        cpu_kernels = {name: os.environ[name] for name in PORTABLE_KERNELS if name in os.environ} or "native"
+        _execute(stage, params, running_nb, failed_nb)
     wall = time.time() - start
     os.replace(running_nb, final_nb)
     record = {
@@ -213,6 +232,7 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backen
         "python": platform.python_version(),
         "cores": os.cpu_count(),
         "backend": backend,
+        "cpu_kernels": cpu_kernels,
     }
     stage_dir = run_dir / stage.folder
     if not stage_dir.is_dir():
@@ -247,10 +267,12 @@ def run_pipeline(
     run_dir: str | os.PathLike | None = None,
     allow_unrun_profile: bool = False,
     backend: str | None = None,
+    native_kernels: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run the selected stages (all by default) in order; return each stage's record.
 
     ``backend``: where the stages compute (default: the profile's); not part of the cache keys.
+    ``native_kernels``: let torch use the CPU's widest kernels instead of AVX2 ones (:func:`run_stage`).
     """
     profile = load_profile(profile_name)
     backend = check_backend(backend or profile.backend)
@@ -290,7 +312,8 @@ def run_pipeline(
             log.info("stage %s: up to date, not recomputed (%s)", stage.name, run_dir / stage.folder)
             records[stage.name] = {**previous, "cached": True}
         else:
-            records[stage.name] = {**run_stage(stage, params[stage.name], run_dir, key, backend), "cached": False}
+            records[stage.name] = {**run_stage(stage, params[stage.name], run_dir, key, backend, native_kernels),
+                                    "cached": False}
         keys[stage.name] = key
     timings = run_dir / "timings.json"
     old = json.loads(timings.read_text()) if timings.is_file() else {}
@@ -808,6 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", metavar="local|ray:ADDRESS",
                         help="where stages compute: local, or a Ray cluster (ray:auto, ray:ray://HOST:10001, ray:local:N); "
                              "default: the profile's (local); results and caching do not depend on it")
+    parser.add_argument("--native-kernels", action="store_true",
+                        help="let torch use the CPU's widest kernels (AVX-512 where there is) instead of AVX2 ones, "
+                             "whose results matched bitwise on the x86-64 machines checked (nnae_utils.backends.PORTABLE_KERNELS)")
     parser.add_argument("--list", action="store_true", help="list profiles and stages, then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -824,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = run_pipeline(
                 args.profile, only=only, overrides=args.param, force=args.force,
                 run_dir=run_dir, allow_unrun_profile=args.allow_unrun_profile, backend=args.backend,
+                native_kernels=args.native_kernels,
             )
             for name, rec in records.items():
                 state = "cached" if rec["cached"] else f"{rec['wall_seconds']:.0f} s"

@@ -1,10 +1,13 @@
 """The pipeline end to end on the smoke profile: papermill, caching, failures, the book."""
 import json
+import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
+from nnae_utils.backends import PORTABLE_KERNELS, kernel_environment
 from nnae_utils.pipeline import PROJECT_ROOT, main
 from nnae_utils.stages import STAGES
 
@@ -28,6 +31,9 @@ def test_smoke_pipeline_runs_every_stage_within_budget(smoke_run):
         assert (folder / "summary.json").is_file() and (folder / "stage.json").is_file()
         assert (run_dir / "executed" / f"{stage.folder}.ipynb").is_file()
         assert not folder.with_name(folder.name + ".partial").exists()
+        if platform.machine() == "x86_64":  # each stage's kernel ran with torch's kernels capped at AVX2
+            record = json.loads((folder / "stage.json").read_text())
+            assert sorted(record["cpu_kernels"]) == sorted(PORTABLE_KERNELS), record["cpu_kernels"]
     summary = json.loads((run_dir / "01_data" / "summary.json").read_text())
     assert summary["n_networks"] > 0 and summary["n_runs"] == 3
     assert (run_dir / "01_data" / "zoo" / "index.json").is_file()
@@ -166,3 +172,17 @@ def test_stage_3_scores_the_loss_ablation_on_every_extra_split(smoke_run):
     assert set(summary["loss_variant_median_retention_by_split"]) == {"train"}  # extra_splits minus the headline
     assert {"functional", "weights", "both", "dagger", "pca"} <= set(summary["loss_variant_median_retention_by_split"]["train"])
     assert (stage / "retention_ablation_train.csv").is_file()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or "ATEN_CPU_CAPABILITY" in os.environ,
+                    reason="the AVX2 cap is for x86-64 kernels; the caller's own choice is kept")
+def test_a_stage_kernels_environment_caps_torch_at_avx2_and_native_leaves_it():
+    probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
+
+    def capability(extra):
+        env = {**os.environ, **extra}
+        return subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    native = capability(kernel_environment(native=True))
+    assert kernel_environment()["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert capability(kernel_environment()) == ("AVX2" if native in ("AVX2", "AVX512") else native)
