@@ -67,28 +67,37 @@ DEFAULT_BACKEND = "local"
 RAY_HINT = "the ray backend needs Ray: pip install 'nnae-utils[ray]' (or the pinned ray==2.60.0)"
 
 PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                    "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Zen"}
-"""Environment that caps the CPU kernels of torch (ATen, oneDNN, MKL) and numpy's OpenBLAS at AVX2.
+                    "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Zen",
+                    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+"""Environment that caps the CPU kernels of torch (ATen, oneDNN, MKL), numpy's OpenBLAS and numpy's
+own SIMD loops (the names of numpy 2.4, which the suite pins) at AVX2.
 
-torch picks its kernels by the instruction set of the CPU, and its AVX-512 kernels may round
+Libraries pick their kernels by the instruction set of the CPU, and AVX-512 kernels may round
 differently: on an AMD EPYC family 25 model 17 machine (AVX-512) the data stage of the ``long``
 profile gave other states than on the machines before it, and every stage after it would have
 differed too (Hopper is chaotic: the last bit of an action changes the trajectory). With this
 environment it gave the very same bytes as those machines, so a run resumed or rerun on another
-x86-64 machine continues the same computation. torch reads it when imported, so the pipeline sets
-it in the kernels it starts (:func:`kernel_environment`).
+x86-64 machine continues the same computation. On an AMD family 26 machine OpenBLAS's own choice
+(an AVX-512 kernel) gives other float32 products than ``Zen``, and numpy's AVX-512 ``expm1`` (ELU
+networks) other values than its AVX2 one. The libraries read it when loaded, so the pipeline sets it
+in the kernels it starts (:func:`kernel_environment`), and ``scripts/rescore_network.py`` sets the
+numpy entries before importing numpy, so that it re-scores networks with the kernels that scored
+them. :data:`NATIVE_KERNELS_VAR` lifts the cap for both.
 """
+NATIVE_KERNELS_VAR = "NNAE_NATIVE_KERNELS"
+"""Set to ``1``: the pipeline's kernels and ``scripts/rescore_network.py`` use this CPU's own kernels."""
 
 
 def kernel_environment(native: bool = False) -> dict[str, str]:
     """Variables to set in a stage's kernel: :data:`PORTABLE_KERNELS` on x86-64 (none with ``native``,
-    or elsewhere), less any the caller's environment already sets, which are kept.
+    with ``NNAE_NATIVE_KERNELS=1``, or elsewhere), less any the caller's environment already sets,
+    which are kept.
 
     Example:
         >>> kernel_environment(native=True)
         {}
     """
-    if native or platform.machine() not in ("x86_64", "AMD64"):
+    if native or os.environ.get(NATIVE_KERNELS_VAR) == "1" or platform.machine() not in ("x86_64", "AMD64"):
         return {}
     return {name: value for name, value in PORTABLE_KERNELS.items() if name not in os.environ}
 

@@ -52,8 +52,9 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name, family, model and widest vector extension (Linux: /proc/cpuinfo), else what
     ``platform`` knows: ``'AMD EPYC (family 25, model 1, avx2)'``.
 
-    Episode returns are bitwise reproducible on the same kind of CPU only (numpy's linear algebra picks
-    its kernels per CPU; Hopper turns a last-bit difference into another episode), so results name it.
+    Episode returns are bitwise reproducible with the same CPU kernels only (numpy's linear algebra
+    picks its kernels per CPU unless capped, :data:`nnae_utils.backends.PORTABLE_KERNELS`; Hopper turns
+    a last-bit difference into another episode), so results name the CPU.
     """
     fields: dict[str, str] = {}
     try:

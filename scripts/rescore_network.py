@@ -12,13 +12,25 @@ return, then a summary line; the exit status is 1 if any re-scored mean differs 
 recorded one by more than ``--tolerance``. With ``--fresh-seeds FIRST N`` it re-scores them on N
 other reset seeds instead (FIRST, FIRST+1, ...), an independent check of the recorded returns, and
 the summary counts the networks whose fresh mean reaches ``--bar``.
+
+On x86-64 it computes with numpy's kernels capped at AVX2, as the suite's pipeline scores networks
+(``nnae_utils.backends.PORTABLE_KERNELS``): an AVX-512 kernel rounds float32 products differently,
+and Hopper turns the last bit of an action into another return. A variable already set is kept;
+``NNAE_NATIVE_KERNELS=1`` uses this CPU's own kernels (for a run made with ``--native-kernels``).
 """
 import argparse
 import json
+import os
+import platform
 
-import gymnasium as gym
-import numpy as np
-from safetensors import safe_open
+NUMPY_KERNELS = {"OPENBLAS_CORETYPE": "Zen", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+if platform.machine() in ("x86_64", "AMD64") and os.environ.get("NNAE_NATIVE_KERNELS") != "1":
+    for _name, _value in NUMPY_KERNELS.items():  # read when numpy loads: set before importing it
+        os.environ.setdefault(_name, _value)
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 
 
 def load(path):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nnae_utils.backends import PORTABLE_KERNELS, kernel_environment
+from nnae_utils.backends import NATIVE_KERNELS_VAR, PORTABLE_KERNELS, kernel_environment
 from nnae_utils.pipeline import PROJECT_ROOT, main
 from nnae_utils.stages import STAGES
 
@@ -174,9 +174,10 @@ def test_stage_3_scores_the_loss_ablation_on_every_extra_split(smoke_run):
     assert (stage / "retention_ablation_train.csv").is_file()
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or "ATEN_CPU_CAPABILITY" in os.environ,
+@pytest.mark.skipif(platform.machine() != "x86_64" or "ATEN_CPU_CAPABILITY" in os.environ
+                    or NATIVE_KERNELS_VAR in os.environ,
                     reason="the AVX2 cap is for x86-64 kernels; the caller's own choice is kept")
-def test_a_stage_kernels_environment_caps_torch_at_avx2_and_native_leaves_it():
+def test_a_stage_kernels_environment_caps_torch_at_avx2_and_native_leaves_it(monkeypatch):
     probe = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
 
     def capability(extra):
@@ -186,3 +187,5 @@ def test_a_stage_kernels_environment_caps_torch_at_avx2_and_native_leaves_it():
     native = capability(kernel_environment(native=True))
     assert kernel_environment()["ATEN_CPU_CAPABILITY"] == "avx2"
     assert capability(kernel_environment()) == ("AVX2" if native in ("AVX2", "AVX512") else native)
+    monkeypatch.setenv(NATIVE_KERNELS_VAR, "1")
+    assert kernel_environment() == {}

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from nnae_utils.backends import NATIVE_KERNELS_VAR, PORTABLE_KERNELS
 from nnae_utils.policies import Network, NetworkSpec, save_network
 from nnae_utils.rollouts import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "rescore_network.py"
+# The script caps numpy's kernels as the pipeline's kernels do; this test process computes with this
+# CPU's own, so the script is asked to do the same here (the smoke run checks the capped path).
+SAME_KERNELS_AS_HERE = {**os.environ, NATIVE_KERNELS_VAR: "1"}
 
 
 def test_script_imports_only_numpy_safetensors_gymnasium():
@@ -25,7 +30,16 @@ def test_script_imports_only_numpy_safetensors_gymnasium():
             modules |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             modules.add(node.module.split(".")[0])
-    assert modules <= {"argparse", "json", "numpy", "safetensors", "gymnasium"}, modules
+    assert modules <= {"argparse", "json", "os", "platform", "numpy", "safetensors", "gymnasium"}, modules
+
+
+def test_script_caps_numpy_kernels_as_the_pipeline_does():
+    tree = ast.parse(SCRIPT.read_text())
+    assigned = {node.targets[0].id: node.value for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    script_kernels = ast.literal_eval(assigned["NUMPY_KERNELS"])
+    assert script_kernels == {name: PORTABLE_KERNELS[name] for name in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
+    assert NATIVE_KERNELS_VAR in SCRIPT.read_text()
 
 
 def test_rescore_agrees_with_gymnasium_backend(tmp_path):
@@ -40,7 +54,7 @@ def test_rescore_agrees_with_gymnasium_backend(tmp_path):
     seeds = [100, 101]
     out = subprocess.run(
         [sys.executable, str(SCRIPT), str(path), "--seeds", *map(str, seeds)],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True, text=True, check=True, timeout=120, env=SAME_KERNELS_AS_HERE,
     )
     report = json.loads(out.stdout)
     expected = evaluate(net, seeds, backend="gymnasium").returns[0]
@@ -64,7 +78,7 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     write_index(tmp_path, records)
     def run():
         return subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json")],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, env=SAME_KERNELS_AS_HERE)
 
     out = run()
     assert out.returncode == 0, out.stdout + out.stderr
@@ -81,7 +95,7 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     fresh = evaluate(nets, [40, 41, 42]).returns.mean(axis=1)
     bar = float(np.sort(fresh)[0]) + 1e-9  # exactly one network below it
     out = subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json"), "--fresh-seeds", "40", "3",
-                          "--bar", repr(bar)], capture_output=True, text=True, timeout=120)
+                          "--bar", repr(bar)], capture_output=True, text=True, timeout=120, env=SAME_KERNELS_AS_HERE)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [round(line["fresh"], 6) for line in lines[:-1]] == [round(float(x), 6) for x in fresh]
