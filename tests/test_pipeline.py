@@ -189,3 +189,29 @@ def test_a_stage_kernels_environment_caps_torch_at_avx2_and_native_leaves_it(mon
     assert capability(kernel_environment()) == ("AVX2" if native in ("AVX2", "AVX512") else native)
     monkeypatch.setenv(NATIVE_KERNELS_VAR, "1")
     assert kernel_environment() == {}
+
+
+NUMPY_PROBE = """
+import hashlib, numpy as np
+from numpy._core._multiarray_umath import __cpu_features__ as features
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((64, 1, 11), np.float32), rng.standard_normal((64, 11, 64), np.float32)
+print(hashlib.sha256(np.tanh(x @ w).tobytes()).hexdigest(), features.get("X86_V4", False))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 cap is for x86-64 kernels")
+def test_a_stage_kernels_environment_gives_numpy_the_avx2_kernels(monkeypatch):
+    """Capped, a float32 product has the bits of OpenBLAS's AVX2 (Haswell) kernel, and numpy's own
+    AVX-512 loops are off, whatever the CPU offers."""
+    for name in (*PORTABLE_KERNELS, NATIVE_KERNELS_VAR):  # this machine's own choice would be kept
+        monkeypatch.delenv(name, raising=False)
+
+    def probe(extra):
+        env = {**os.environ, **extra}
+        digest, v4 = subprocess.run([sys.executable, "-c", NUMPY_PROBE], env=env, capture_output=True, text=True,
+                                    check=True).stdout.split()
+        return digest, v4 == "True"
+
+    capped = probe(kernel_environment())
+    assert capped == (probe({"OPENBLAS_CORETYPE": "Haswell"})[0], False)
