@@ -70,7 +70,7 @@ PROVENANCE_FILE = "provenance.json"
 CRITIC_FILE = "critic.safetensors"
 SNAPSHOT_DIR = "snapshots"
 CURVE_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_s", "updates_per_s", "train_episodes",
-                 "updates", "update_time_s")
+                 "updates", "update_time_s", "core_s")
 CHECKPOINT_VERSION = 1
 BUFFER_VERSION = 1
 CRITIC_FORMAT = "nnae-td3-critic"
@@ -129,6 +129,9 @@ class TD3Config:
     """Steps between checkpoints; each is written at the first episode end after the mark."""
     torch_threads: int = 1
     """torch.set_num_threads for the run (restored afterwards)."""
+    actor_init_seed: int = -1
+    """Seed of the actor's initial weights alone (-1: drawn from ``seed`` like everything else). Runs
+    that share it start from one actor (one hidden-unit order) and differ in every other draw."""
 
     def __post_init__(self) -> None:
         for name in ("actor_hidden", "critic_hidden"):
@@ -167,6 +170,8 @@ class TD3Config:
             if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h <= 0 for h in hidden):
                 raise ValueError(f"TD3Config.{name} must be a non-empty sequence of positive ints, got {hidden!r}")
             object.__setattr__(self, name, tuple(int(h) for h in hidden))
+        if self.actor_init_seed < -1:
+            raise ValueError(f"TD3Config.actor_init_seed must be -1 (off) or >= 0, got {self.actor_init_seed}")
         if self.actor_activation not in ACTIVATIONS:
             raise ValueError(f"TD3Config.actor_activation must be one of {ACTIVATIONS}, got {self.actor_activation!r}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -455,9 +460,19 @@ class TD3Learner:
 
     @classmethod
     def from_config(cls, cfg: TD3Config, obs_dim: int, act_dim: int) -> "TD3Learner":
-        return cls(cfg.actor_spec(obs_dim, act_dim), critic_hidden=cfg.critic_hidden, actor_lr=cfg.actor_lr,
-                   critic_lr=cfg.critic_lr, gamma=cfg.gamma, tau=cfg.tau, policy_noise=cfg.policy_noise,
-                   noise_clip=cfg.noise_clip, policy_delay=cfg.policy_delay)
+        """The learner of a run; with ``cfg.actor_init_seed`` >= 0 its actor (and actor target) start
+        from the weights that seed gives, drawn without touching torch's global generator, so every
+        other draw of the run is the one it would make without a shared initialisation."""
+        learner = cls(cfg.actor_spec(obs_dim, act_dim), critic_hidden=cfg.critic_hidden, actor_lr=cfg.actor_lr,
+                      critic_lr=cfg.critic_lr, gamma=cfg.gamma, tau=cfg.tau, policy_noise=cfg.policy_noise,
+                      noise_clip=cfg.noise_clip, policy_delay=cfg.policy_delay)
+        if cfg.actor_init_seed >= 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.actor_init_seed)
+                shared = make_actor(cfg.actor_spec(obs_dim, act_dim)).state_dict()
+            learner.actor.load_state_dict(shared)
+            learner.actor_target.load_state_dict(shared)
+        return learner
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One critic step; every ``policy_delay``-th call also an actor step and the target updates.
@@ -589,7 +604,7 @@ def _write_curve(path: Path, rows: list[Mapping[str, Any]]) -> None:
     def write(f) -> None:
         f.write((",".join(CURVE_COLUMNS) + "\n").encode())
         for row in rows:
-            f.write((",".join(str(row[c]) for c in CURVE_COLUMNS) + "\n").encode())
+            f.write((",".join(str(row.get(c, "")) for c in CURVE_COLUMNS) + "\n").encode())  # core_s: newer runs
 
     _atomic_write(path, write)
 
@@ -708,7 +723,19 @@ def train_td3(
             if ckpt["step"] > cfg.total_steps:
                 raise ValueError(f"{ckpt_path} is at step {ckpt['step']}, beyond total_steps={cfg.total_steps}")
         elif prov_path.is_file():  # a run that never reached its first checkpoint: same config or error
-            _check_same_run(TD3Config.from_dict(json.loads(prov_path.read_text())["config"]), cfg, prov_path)
+            prov = json.loads(prov_path.read_text())
+            _check_same_run(TD3Config.from_dict(prov["config"]), cfg, prov_path)
+            if prov.get("finished") and (run_dir / CRITIC_FILE).is_file():
+                # a finished run shipped without its optimizer state (zoo.compact_finished_run): its
+                # curve, snapshots and critic are the result; only extending it would need the checkpoint
+                if cfg.total_steps > int(prov["step"]) and "done_early" not in prov:
+                    raise ValueError(f"{run_dir} finished at step {prov['step']} and its checkpoint was dropped: "
+                                     f"it cannot be extended to total_steps={cfg.total_steps}")
+                lock.close()
+                curve = pd.read_csv(curve_path)
+                return TD3Run(run_dir=run_dir, step=int(prov["step"]), finished=True, curve=curve,
+                              final_return=float(curve["return_mean"].iloc[-1]),
+                              snapshots=sorted(snap_dir.glob("step_*.safetensors")), wall_s=float(prov["total_wall_s"]))
         env = gym.make(cfg.env_id)
         space = env.action_space
         if not isinstance(space, gym.spaces.Box) or not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
@@ -785,6 +812,7 @@ def train_td3(
                 for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
                     if int(p.stem.split("_")[1]) > step:
                         p.unlink()
+            core_before = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])  # earlier sessions' CPU
             prov["sessions"].append({"start_time": now, "start_step": step, "torch_threads": cfg.torch_threads})
             t0 = time.perf_counter() - wall_offset  # wall clock of the run, over all sessions
 
@@ -823,6 +851,7 @@ def train_td3(
                     "episodes": len(returns), "wall_s": round(time.perf_counter() - t0, 3),
                     "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": episode,
                     "updates": learner.n_updates, "update_time_s": round(update_time, 4),
+                    "core_s": round(core_before + time.process_time() - cpu0, 3),
                 }
                 net.extra_metadata.update({
                     "run_seed": str(cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),

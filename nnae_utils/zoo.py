@@ -124,12 +124,99 @@ def train_runs(
     return run_dirs
 
 
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs of one learner in the growth plan (``zoo/growth.yaml``): one TD3 config per seed."""
+
+    name: str
+    seeds: tuple[int, ...]
+    critic_hidden: tuple[int, ...]
+    actor_init_seed: int = -1
+    """>= 0: every run of the group starts from the actor this seed draws (shared initialisation)."""
+
+
+@dataclass(frozen=True)
+class GrowthPlan:
+    """The grown zoo's runs, read from ``zoo/growth.yaml``: the shipped zoo's TD3 protocol, a
+    stopping rule (``candidates`` evaluations at or above ``bar`` at or after ``min_snapshot_step``),
+    a step cap (a run that hits it without enough candidates failed), and groups of seeds per learner.
+    A group whose learner is ``chosen`` uses the critic that the learner benchmark chose."""
+
+    training_dir: Path
+    bar: float
+    min_snapshot_step: int
+    candidates: int
+    step_cap: int
+    td3: Mapping[str, Any]
+    groups: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "GrowthPlan":
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text())
+        return cls(training_dir=Path(data["training_dir"]), bar=float(data["bar"]),
+                   min_snapshot_step=int(data["min_snapshot_step"]), candidates=int(data["candidates"]),
+                   step_cap=int(data["step_cap"]), td3=dict(data["td3"]), groups=dict(data["groups"]))
+
+    def group(self, name: str, chosen_critic: Sequence[int] | None = None) -> RunGroup:
+        if name not in self.groups:
+            raise ValueError(f"no group {name!r} in the growth plan; it has {sorted(self.groups)}")
+        g = self.groups[name]
+        if g.get("learner") == "chosen":
+            if chosen_critic is None:
+                raise ValueError(f"group {name!r} trains the chosen learner, and none is chosen yet "
+                                 "(run benchmarks/zoo_learners.py first)")
+            critic = tuple(chosen_critic)
+        else:
+            critic = tuple(g["critic_hidden"])
+        return RunGroup(name, tuple(int(s) for s in g["seeds"]), critic, int(g.get("actor_init_seed", -1)))
+
+    def configs(self, group: RunGroup) -> list[Any]:
+        from .td3 import TD3Config
+
+        return [TD3Config(seed=s, total_steps=self.step_cap, critic_hidden=group.critic_hidden,
+                          actor_init_seed=group.actor_init_seed, **self.td3) for s in group.seeds]
+
+    @property
+    def done_when(self) -> EnoughCandidates:
+        return EnoughCandidates(self.bar, self.candidates, self.min_snapshot_step)
+
+
+def compact_finished_run(run_dir: str | os.PathLike, *, keep_steps: Iterable[int]) -> dict[str, int]:
+    """Shrink a finished run to what the zoo needs: its curve, provenance, final critic, the initial
+    actor (step 0) and the snapshots at ``keep_steps``; the optimizer checkpoint and every other
+    snapshot go. :func:`nnae_utils.td3.train_td3` then returns such a run as finished without
+    training it again. Returns how many files were removed and kept."""
+    from .td3 import CHECKPOINT_FILE, CRITIC_FILE, PROVENANCE_FILE
+
+    run_dir = Path(run_dir)
+    prov = json.loads((run_dir / PROVENANCE_FILE).read_text())
+    if not prov.get("finished") or not (run_dir / CRITIC_FILE).is_file():
+        raise ValueError(f"{run_dir} has not finished (no final critic): it needs its checkpoint to resume")
+    keep = {0, *(int(s) for s in keep_steps)}
+    removed = kept = 0
+    for p in sorted((run_dir / "snapshots").glob("step_*.safetensors")):
+        if int(p.stem.split("_")[1]) in keep:
+            kept += 1
+        else:
+            p.unlink()
+            removed += 1
+    for name in (CHECKPOINT_FILE, "buffer.npz"):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed += 1
+    return {"removed": removed, "kept_snapshots": kept}
+
+
 def settings_digest(cfg: Any) -> str:
     """A short hash of a run's settings other than its seed, its length and its thread count
     (a run may be extended, or resumed with more threads, and stays the same run)."""
     import hashlib
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seed", "total_steps", "torch_threads")}
+    if settings.get("actor_init_seed", -1) == -1:
+        settings.pop("actor_init_seed", None)  # added later: runs without a shared initialisation keep their folder
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

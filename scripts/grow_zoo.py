@@ -1,0 +1,67 @@
+"""Train the grown zoo's TD3 runs (issue 27) from the plan in ``zoo/growth.yaml``, resumably.
+
+    python scripts/grow_zoo.py train c128 c64 --jobs 2       # the learner benchmark's runs
+    python scripts/grow_zoo.py train grow shared_init        # with the learner it chose
+    python scripts/grow_zoo.py compact                       # finished runs: drop optimizer state, keep candidates
+
+Runs live in ``<training_dir>/<settings digest>/seed_<seed>`` and resume from their checkpoints;
+a run stops once it holds the plan's number of candidate snapshots, or at the step cap (a failure).
+Start it from a worktree frozen at one commit, with ``--root`` pointing at the checkout whose
+``zoo/training`` the runs should fill.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnae_utils import backends, zoo  # noqa: E402
+
+CHOSEN = Path("benchmarks/results/zoo_learners.json")
+
+
+def chosen_critic(root: Path) -> list[int] | None:
+    path = root / CHOSEN
+    return json.loads(path.read_text())["chosen"]["critic_hidden"] if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["train", "compact"])
+    ap.add_argument("groups", nargs="*", help="groups of zoo/growth.yaml to train, in this order (interleaved)")
+    ap.add_argument("--root", type=Path, default=Path("."), help="checkout holding zoo/growth.yaml and zoo/training")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    root = args.root.resolve()
+    plan = zoo.GrowthPlan.read(root / "zoo/growth.yaml")
+    training = root / plan.training_dir
+    if args.command == "train":
+        if not args.groups:
+            ap.error("name at least one group")
+        groups = [plan.group(g, chosen_critic(root)) for g in args.groups]  # every error before any training
+        per_group = [plan.configs(g) for g in groups]
+        configs = [c for batch in zip(*per_group) for c in batch]  # interleaved: every learner moves early
+        longest = max(len(p) for p in per_group)
+        configs += [c for p in per_group for c in p[min(len(q) for q in per_group):longest]]
+        zoo.train_runs(configs, training, jobs=args.jobs, done_when=plan.done_when)
+        return 0
+    for prov_path in sorted(training.glob("*/seed_*/provenance.json")):
+        run_dir = prov_path.parent
+        prov = json.loads(prov_path.read_text())
+        if not prov.get("finished") or not (run_dir / "checkpoint.pt").is_file():
+            continue
+        curve = zoo.training_curves([run_dir])
+        keep = curve[(curve["return_mean"] >= plan.bar) & (curve["step"] >= plan.min_snapshot_step)]["step"]
+        print(run_dir.relative_to(root), zoo.compact_finished_run(run_dir, keep_steps=keep.astype(int)))
+    return 0
+
+
+if __name__ == "__main__":
+    capped = backends.kernel_environment()
+    if capped:  # the pipeline's kernel cap, set before torch and numpy load (a resume elsewhere continues bitwise)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **capped})
+    raise SystemExit(main())
