@@ -31,6 +31,25 @@ so that evolution in weight space from scratch uses nothing the zoo learned. ``s
 set per genome by :func:`calibrate_sigma`, so that one mutation changes a network's actions by the
 same amount in every genome (a fair step size in the units the paper's functional loss uses).
 
+**Where fine-tuning starts: exact or decoded.** A genome name may end in a start marker:
+
+- ``latent:all`` (or ``latent:all~exact``), the default: evolution searches a *displacement* ``δ``
+  from the start network, which is held exactly. For a linear subspace (PCA, random, DCT),
+  ``θ = θ_start + B δ``; for the autoencoder, per encoded layer,
+  ``θ = θ_start + D(z_start + δ) - D(z_start)``, with ``z_start`` the start's own code. At
+  ``δ = 0`` the decoded network *is* the start network, bitwise (a layer whose ``δ`` block is zero
+  is the start's own arrays, never a float round trip), so every genome begins where weight space
+  begins and the comparison measures search alone (Li et al.'s intrinsic-dimension control searches
+  ``θ_start + B z`` in the same way). See :class:`ExactStartGenome`.
+- ``latent:all~decoded``: the paper's literal reading, kept as a labelled ablation: evolution
+  starts from the start network's code, so it starts from the start *as the genome decodes it*
+  (which for a network of another run barely hops). ``weights@latent:all`` is the weight-space GA
+  started from that same decoded network.
+
+The marker only says where fine-tuning starts (:func:`fine_tuning_start`); from scratch there is no
+start network and both read the same (centred on the train mean, as above). The weight genome
+holds every weight, so its start is always exact and it takes no marker.
+
 Example:
     >>> from nnae_utils.policies import NetworkSpec
     >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
@@ -40,6 +59,15 @@ Example:
     (20, True)
     >>> bool(np.allclose(g.decode(np.zeros(g.dim)).flat(), mean_network(zoo).flat(), atol=1e-6))
     True
+    >>> split_start_mode("dct:all~decoded"), split_start_mode("dct:all")
+    (('dct:all', 'decoded'), ('dct:all', 'exact'))
+    >>> start = Network.random(spec, seed=99)
+    >>> exact, z0 = fine_tuning_start(g, start, "exact")     # z0 is delta = 0 around the start
+    >>> bool(np.array_equal(exact.decode(z0).flat(), start.flat())), exact.name
+    (True, 'dct:all')
+    >>> decoded, z0 = fine_tuning_start(g, start, "decoded")  # the start's DCT code: a lossy decoding
+    >>> bool(np.array_equal(decoded.decode(z0).flat(), start.flat())), decoded.name
+    (False, 'dct:all~decoded')
 """
 from __future__ import annotations
 
@@ -99,8 +127,33 @@ def _split(vec: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarr
     return vec[..., : n_out * n_in].reshape(*vec.shape[:-1], n_out, n_in), vec[..., n_out * n_in :]
 
 
+START_MODES = ("exact", "decoded")
+"""Where fine-tuning starts: the start network itself (delta = 0 around it), or its decoding (the paper's reading)."""
+START_MARKER = "~"
+"""Separates a genome name from its start mode: ``latent:all~decoded``."""
+
+
+def split_start_mode(name: str) -> tuple[str, str]:
+    """``'latent:all~decoded'`` -> ``('latent:all', 'decoded')``; no marker -> ``(name, 'exact')``.
+
+    >>> split_start_mode("pca:0+2~exact"), split_start_mode("weights")
+    (('pca:0+2', 'exact'), ('weights', 'exact'))
+    """
+    genome, sep, mode = name.partition(START_MARKER)
+    if not sep:
+        return name, "exact"
+    if mode not in START_MODES:
+        raise ValueError(f"genome {name!r}: the start mode after {START_MARKER!r} must be one of {START_MODES}")
+    if genome.partition(":")[0] == "weights" or "@" in genome:
+        raise ValueError(f"genome {name!r}: the weight genome always starts from the start network itself; "
+                         "it takes no start mode (weights@<genome> starts from <genome>'s decoding)")
+    return genome, mode
+
+
 def parse_genome_name(name: str) -> tuple[str, str]:
-    """``'latent:best'`` -> ``('latent', 'best')``; ``'weights'`` -> ``('weights', 'all')``."""
+    """``'latent:best'`` -> ``('latent', 'best')``; ``'weights'`` -> ``('weights', 'all')``; a start marker
+    (``'latent:all~decoded'``) is checked and left out (it does not change the encoding)."""
+    name = split_start_mode(name)[0]
     kind, _, layers = name.partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown genome {name!r}: the kind must be one of {KINDS}")
@@ -131,6 +184,8 @@ def split_start_through(name: str) -> tuple[str, str | None]:
         raise ValueError(f"{name!r}: only the weight genome starts from another genome's decoding")
     if parse_genome_name(through)[0] == "weights":
         raise ValueError(f"{name!r}: the start must be decoded through a compressed genome (latent, pca, random, dct)")
+    if START_MARKER in through:
+        raise ValueError(f"{name!r}: weights@<genome> always starts from <genome>'s decoding; drop the start mode")
     return genome, through
 
 
@@ -231,6 +286,10 @@ class RandomSubspaceCode:
         w, b = _split(vec, self.n_out, self.n_in)
         return w.astype(np.float32), b.astype(np.float32)
 
+    def displacement(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``B delta`` in float64 (P, out, in), (P, out): the move of a layer around any start (no mean)."""
+        return _split(np.asarray(delta, np.float64) @ self.basis, self.n_out, self.n_in)
+
 
 def dct_positions(n_rows: int, n_cols: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` lowest-frequency positions of an (n_rows, n_cols) DCT, in Koutnik et al.'s order:
@@ -290,6 +349,14 @@ class DCTCode:
         m = scipy.fft.idctn(coef, axes=(1, 2), norm="ortho") + self.mean
         w, b = m[..., :-1].astype(np.float32), m[..., -1].astype(np.float32)
         return (w[0], b[0]) if z.ndim == 1 else (w, b)
+
+    def displacement(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``IDCT(delta)`` in float64, (P, out, in) and (P, out): the move of a layer around any start."""
+        d = np.atleast_2d(np.asarray(delta, np.float64))
+        coef = np.zeros((len(d), self.n_out, self.n_in + 1))
+        coef[:, self.rows, self.cols] = d
+        m = scipy.fft.idctn(coef, axes=(1, 2), norm="ortho")
+        return m[..., :-1], m[..., -1]
 
 
 # --------------------------------------------------------------------------- genomes
@@ -474,6 +541,115 @@ class LayerCodeGenome(Genome):
         clone.__dict__.update(self.__dict__)
         clone.base = base
         return clone
+
+    def around(self, start: Network) -> "ExactStartGenome":
+        """This encoding searching a displacement from ``start`` (``delta = 0`` is ``start``, bitwise)."""
+        return ExactStartGenome(self, start)
+
+
+class ExactStartGenome(Genome):
+    """A per-layer code genome that searches a displacement ``delta`` from a start network held exactly.
+
+    Per encoded layer ``i``: ``θ_i = θ_start,i + Δ_i(delta_i)``, where ``Δ_i`` is ``B delta`` for a linear
+    code with a ``displacement`` method (random subspace, DCT: computed without the mean, so no
+    rounding of ``mean - mean``) and ``D(z_start + delta) - D(z_start)`` otherwise (the autoencoder;
+    PCA, which is linear, gets ``B delta`` up to float32 rounding of its decoder's output). The sum is
+    formed in float64 and stored as float32. A layer whose ``delta`` block is exactly zero is the
+    start's own arrays (not ``float32(float64(θ) + 0)``, which would turn a ``-0.0`` weight into
+    ``+0.0``), so ``decode(zeros)`` is the start network bitwise. Layers the genome does not encode
+    are the start's too.
+
+    The vector has the inner genome's size, coordinate scales and crossover groups; its centre is
+    zero (the start). ``encode`` returns ``code(net) - code(start)`` (the inverse of ``decode`` for
+    the linear codes, within their subspace).
+
+    Example:
+        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8,))
+        >>> zoo = [Network.random(spec, seed=s) for s in range(4)]
+        >>> g = build_genome("random:all", train=zoo, latent_dims={0: 5, 1: 2}).around(zoo[0])
+        >>> bool(np.array_equal(g.decode(np.zeros(g.dim)).flat(), zoo[0].flat()))
+        True
+        >>> moved = g.decode(np.eye(g.dim)[0])          # one step along the first basis vector of layer 0
+        >>> bool(np.array_equal(moved.layer(1)[0], zoo[0].layer(1)[0])), bool(np.array_equal(moved.layer(0)[0], zoo[0].layer(0)[0]))
+        (True, False)
+    """
+
+    def __init__(self, inner: LayerCodeGenome, start: Network):
+        if start.spec != inner.spec:
+            raise ValueError(f"start network architecture {start.spec} differs from the genome's {inner.spec}")
+        self.inner, self.start = inner, start
+        self.kind, self.name, self.spec, self.base = inner.kind, split_start_mode(inner.name)[0], inner.spec, start
+        self.layers, self.slices, self.dim = inner.layers, inner.slices, inner.dim
+        self.scale, self.groups, self.uses_zoo = inner.scale, inner.groups, inner.uses_zoo
+        self.centre = np.zeros(self.dim)
+        self.z_start = inner.encode(start)[0]
+        # D(z_start) once, per layer: the term every decoding subtracts (not needed by codes with a displacement)
+        self._decoded_start = {i: tuple(np.asarray(a, np.float64) for a in inner.codes[i].decode(self.z_start[inner.slices[i]]))
+                               for i in self.layers if not hasattr(inner.codes[i], "displacement")}
+
+    @property
+    def effective_dim(self) -> int:
+        return self.inner.effective_dim
+
+    def _displacement(self, layer: int, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P, out, in), (P, out) float64 move of ``layer`` for the (P, k) blocks ``delta``."""
+        code = self.inner.codes[layer]
+        if hasattr(code, "displacement"):
+            return code.displacement(delta)
+        w, b = code.decode(self.z_start[self.slices[layer]] + delta)
+        w0, b0 = self._decoded_start[layer]
+        return np.asarray(w, np.float64) - w0, np.asarray(b, np.float64) - b0
+
+    def decode(self, z):
+        z = np.asarray(z, np.float64)
+        single = z.ndim == 1
+        z2 = z[None] if single else z
+        if z2.shape[1] != self.dim:
+            raise ValueError(f"{self.name} vectors have {self.dim} numbers, got shape {z.shape}")
+        params = [dict(self.start.params) for _ in range(len(z2))]  # the start's own arrays, until a layer moves
+        for i in self.layers:
+            block = z2[:, self.slices[i]]
+            moved = np.flatnonzero(np.any(block != 0.0, axis=1))
+            if not len(moved):
+                continue
+            dw, db = self._displacement(i, block[moved])
+            w0, b0 = self.start.layer(i)
+            w = (w0.astype(np.float64) + dw).astype(np.float32)
+            b = (b0.astype(np.float64) + db).astype(np.float32)
+            for j, p in enumerate(moved):
+                params[p][f"layers.{i}.weight"], params[p][f"layers.{i}.bias"] = w[j], b[j]
+        nets = [Network(self.spec, p) for p in params]
+        return nets[0] if single else nets
+
+    def encode(self, nets):
+        return self.inner.encode(nets) - self.z_start
+
+    def with_base(self, base: Network) -> "ExactStartGenome":
+        return ExactStartGenome(self.inner, base)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "start": "exact"}
+
+
+def fine_tuning_start(genome: Genome, start: Network, mode: str = "exact") -> tuple[Genome, np.ndarray]:
+    """The genome and the vector with which evolution fine-tunes ``start``.
+
+    ``exact``: a subspace genome searches a displacement around ``start`` (:class:`ExactStartGenome`,
+    vector zero); the weight genome holds ``start``'s own weights. ``decoded`` (the paper's reading): the
+    genome's code of ``start``, which decodes to ``start`` as the genome represents it; its name gets the
+    ``~decoded`` marker. In both, the decoded start vector is what evolution's generation 0 holds.
+    """
+    if mode not in START_MODES:
+        raise ValueError(f"start mode must be one of {START_MODES}, got {mode!r}")
+    if isinstance(genome, WeightGenome):
+        return genome, genome.encode(start)[0]
+    if isinstance(genome, ExactStartGenome):
+        genome = genome.inner
+    if mode == "exact":
+        return genome.around(start), np.zeros(genome.dim)
+    based = genome.with_base(start)
+    based.name = f"{split_start_mode(genome.name)[0]}{START_MARKER}decoded"
+    return based, based.encode(start)[0]
 
 
 # --------------------------------------------------------------------------- building genomes from stage 2

@@ -12,7 +12,7 @@ import torch
 
 from nnae_utils import autoencoders as ae
 from nnae_utils import genomes as gen
-from nnae_utils.policies import NetworkSpec
+from nnae_utils.policies import Network, NetworkSpec
 
 from synthetic import LATENTS, SPEC
 
@@ -173,3 +173,87 @@ def test_the_weight_control_starts_where_the_compressed_genome_starts(zoo, stage
     assert not np.allclose(start.flat(), net.flat())  # untrained autoencoders: the decoding moves the network
     weights = build("weights", zoo, stage2).with_base(start)
     np.testing.assert_allclose(weights.decode(weights.encode(start)[0]).flat(), start.flat(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- exact starts (issue 30)
+
+FINE_TUNED = ["weights", "latent:all", "latent:best", "pca:all", "random:all", "dct:all"]
+
+
+@pytest.mark.parametrize("name", FINE_TUNED)
+def test_exact_start_is_the_start_network_bitwise_and_scores_its_return(name, zoo, stage2):
+    from nnae_utils.rollouts import evaluate
+
+    start = Network(SPEC, {k: v.copy() for k, v in zoo["test"][0].params.items()})
+    start.params["layers.1.bias"][0] = -0.0  # a signed zero: a float round trip (-0.0 + 0.0) would lose it
+    g, z0 = gen.fine_tuning_start(build(name, zoo, stage2), start, "exact")
+    net = g.decode(z0)
+    assert net.flat().tobytes() == start.flat().tobytes()
+    for key, arr in start.params.items():
+        assert net.params[key].tobytes() == arr.tobytes(), key
+    batch = g.decode(np.stack([z0, z0]))  # batched decoding keeps it too
+    assert all(n.flat().tobytes() == start.flat().tobytes() for n in batch)
+    seeds = np.array([11, 12])
+    ours, theirs = evaluate([net, start], seeds, max_steps=25, nthread=1).returns
+    np.testing.assert_array_equal(ours, theirs)
+    assert g.name == name
+
+
+@pytest.mark.parametrize("kind", ["pca", "random", "dct"])
+def test_exact_linear_subspace_moves_by_the_basis_alone(kind, zoo, stage2):
+    start = zoo["test"][1]
+    inner = build(f"{kind}:all", zoo, stage2)
+    g = inner.around(start)
+    delta = g.scale * np.random.default_rng(3).normal(size=g.dim)
+    moved = g.decode(delta)
+    # B delta is the inner genome's decoding of delta minus its decoding of zero (both centred on the mean)
+    expected = start.flat().astype(np.float64) + inner.decode(delta).flat() - inner.decode(np.zeros(g.dim)).flat()
+    np.testing.assert_allclose(moved.flat(), expected, atol=1e-5)
+    assert not np.allclose(moved.flat(), inner.with_base(start).decode(delta).flat(), atol=1e-3)  # not around the mean
+    np.testing.assert_allclose(g.encode(moved)[0][g.inner._live], delta[g.inner._live], atol=1e-4)
+    assert np.all(g.encode(start)[0] == 0.0)
+
+
+def test_exact_latent_moves_by_the_decoders_difference(zoo, stage2):
+    start = zoo["test"][2]
+    inner = build("latent:all", zoo, stage2)
+    g = inner.around(start)
+    z_start = inner.encode(start)[0]
+    delta = g.scale * np.random.default_rng(4).normal(size=g.dim)
+    moved = g.decode(delta)
+    expected = (start.flat().astype(np.float64) + inner.with_base(start).decode(z_start + delta).flat()
+                - inner.with_base(start).decode(z_start).flat())
+    np.testing.assert_allclose(moved.flat(), expected, atol=1e-5)
+    # only the layers whose block moves change; the rest are the start's own arrays
+    only_first = np.zeros(g.dim)
+    only_first[g.slices[0]] = delta[g.slices[0]]
+    part = g.decode(only_first)
+    assert part.params["layers.2.weight"] is start.params["layers.2.weight"]
+    assert not np.array_equal(part.params["layers.0.weight"], start.params["layers.0.weight"])
+    assert g.with_base(zoo["test"][0]).decode(np.zeros(g.dim)).flat().tobytes() == zoo["test"][0].flat().tobytes()
+
+
+def test_decoded_start_is_the_papers_reading_kept_as_an_ablation(zoo, stage2):
+    start = zoo["test"][0]
+    for name in ("latent:all", "pca:all", "random:all", "dct:all"):
+        g, z0 = gen.fine_tuning_start(build(name, zoo, stage2), start, "decoded")
+        assert g.name == f"{name}~decoded"
+        np.testing.assert_array_equal(g.decode(z0).flat(), gen.decoded_start(build(name, zoo, stage2), start).flat())
+        assert not np.allclose(g.decode(z0).flat(), start.flat(), atol=1e-4)  # lossy: the start is not held
+    w, z0 = gen.fine_tuning_start(build("weights", zoo, stage2), start, "decoded")
+    assert w.decode(z0).flat().tobytes() == start.flat().tobytes()  # weights hold every weight in either mode
+    with pytest.raises(ValueError):
+        gen.fine_tuning_start(build("dct:all", zoo, stage2), start, "approximate")
+
+
+def test_start_markers_parse_and_bad_markers_fail():
+    assert gen.split_start_mode("latent:all~decoded") == ("latent:all", "decoded")
+    assert gen.split_start_mode("latent:all~exact") == ("latent:all", "exact")
+    assert gen.split_start_mode("pca:0+2") == ("pca:0+2", "exact")
+    assert gen.parse_genome_name("dct:best~decoded") == ("dct", "best")
+    for bad in ("latent:all~approx", "weights~decoded", "weights@latent:all~decoded", "latent:all~"):
+        with pytest.raises(ValueError):
+            gen.parse_genome_name(bad)
+    with pytest.raises(ValueError):
+        gen.split_start_through("weights@latent:all~decoded")
+    assert not gen.is_start_control("ga/latent:all~decoded")
