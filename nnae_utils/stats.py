@@ -18,6 +18,17 @@ This suite has one task (Hopper-v5), so within one start condition the stratifie
 plain percentile bootstrap over seeds; the task axis is kept so that the functions stay correct
 when scores of several tasks (or start networks with several runs each) are pooled.
 
+**Verdicts with a stated error rate** (:func:`compare_family`). A table of comparisons is one
+family: each comparison's two-sided p-value is read off its bootstrap replicates (the p at which
+the percentile interval just touches zero, :func:`bootstrap_p_value`), and Holm's step-down
+procedure (:func:`holm_adjust`, :func:`holm_levels`) keeps the family-wise error at ``alpha``;
+each difference is shown with its interval at its Holm level. "No effect" is never read from an
+interval that merely covers zero: it is claimed only by an **equivalence test** (two one-sided
+tests, TOST: the ``1 - 2 alpha`` percentile interval inside ``(-margin, +margin)``, with a margin
+declared before looking), Holm-adjusted as its own family. Each comparison ends in one word
+(:func:`verdict`): ``better``, ``worse``, ``equivalent`` or ``inconclusive``. Every bootstrap
+resamples runs (seeds), never episodes or snapshots of one run.
+
 Sample-efficiency curves are step functions of the environment steps a run has spent (the champion
 known after ``s`` steps); :func:`align_curves` puts runs that record at different steps on one grid.
 
@@ -33,6 +44,10 @@ Example:
     1.0
     >>> steps_to_threshold([10, 20, 30], [5.0, 12.0, 9.0], 10.0)
     20.0
+    >>> holm_adjust([0.01, 0.04, 0.03]).round(2).tolist()
+    [0.03, 0.06, 0.06]
+    >>> verdict(0.5, 0.01, sign=1.0)   # cannot tell them apart, but the difference lies within the margin
+    'equivalent'
 """
 from __future__ import annotations
 
@@ -160,6 +175,20 @@ def difference_interval(x, y, statistic: str | Statistic = "iqm", *, paired: boo
         >>> difference_interval([4.0, 5.0, 9.0], [1.0, 2.0, 6.0], "mean", n_boot=100).format(".1f")
         '3.0 [3.0, 3.0]'
     """
+    point, replicates = difference_replicates(x, y, statistic, paired=paired, n_boot=n_boot, seed=seed)
+    return _percentile_interval(point, replicates, confidence)
+
+
+def difference_replicates(x, y, statistic: str | Statistic = "iqm", *, paired: bool = True, n_boot: int = 2000,
+                          seed: int = 0) -> tuple[float, np.ndarray]:
+    """``statistic(x) - statistic(y)`` and its ``n_boot`` stratified-bootstrap replicates (runs resampled;
+    the same run indices for both when ``paired``). :func:`difference_interval` is their percentile interval.
+
+    Example:
+        >>> point, reps = difference_replicates([4.0, 5.0, 9.0], [1.0, 2.0, 6.0], "mean", n_boot=100)
+        >>> point, reps.shape, bool(np.allclose(reps, 3.0))
+        (3.0, (100,), True)
+    """
     stat = _statistic(statistic)
     a, b = _as_matrix(x), _as_matrix(y)
     if paired and a.shape != b.shape:
@@ -170,8 +199,7 @@ def difference_interval(x, y, statistic: str | Statistic = "iqm", *, paired: boo
     ia = stratified_resample_indices(a.shape[0], a.shape[1], n_boot, rng)
     ib = ia if paired else stratified_resample_indices(b.shape[0], b.shape[1], n_boot, rng)
     replicates = stat(_resample(a, ia), axis=1) - stat(_resample(b, ib), axis=1)
-    point = float(stat(a.ravel()) - stat(b.ravel()))
-    return _percentile_interval(point, replicates, confidence)
+    return float(stat(a.ravel()) - stat(b.ravel())), np.asarray(replicates, float)
 
 
 def ratio_interval(numerator, denominator, statistic: str | Statistic = "mean", *, n_boot: int = 2000,
@@ -234,6 +262,156 @@ def probability_of_improvement_interval(x, y, *, n_boot: int = 2000, confidence:
     diff = ra[:, :, None, :] - rb[:, None, :, :]
     replicates = np.mean((diff > 0) + 0.5 * (diff == 0), axis=(1, 2)).mean(axis=1)
     return _percentile_interval(probability_of_improvement(a, b), replicates, confidence)
+
+
+# --------------------------------------------------------------------------- tests with a stated error rate
+
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+
+
+def bootstrap_p_value(replicates, null: float = 0.0) -> float:
+    """Two-sided p-value of ``null`` from bootstrap replicates: the largest ``1 - confidence`` at which
+    the percentile interval still excludes ``null`` (twice the smaller tail fraction, at most 1).
+
+    Example:
+        >>> bootstrap_p_value([1.0, 2.0, 3.0, -1.0])   # one replicate in four at or below zero
+        0.5
+        >>> bootstrap_p_value([0.0, 0.0])
+        1.0
+    """
+    r = np.asarray(replicates, float)
+    tail = min(np.mean(r <= null), np.mean(r >= null))
+    return float(min(1.0, 2.0 * tail))
+
+
+def equivalence_p_value(replicates, margin: float) -> float:
+    """TOST p-value that the difference lies within ``(-margin, +margin)``: the larger of the two one-sided
+    bootstrap p-values (the fractions of replicates at or beyond each bound). It is below ``alpha``
+    exactly when the ``1 - 2 alpha`` percentile interval lies inside the margin.
+
+    Example:
+        >>> equivalence_p_value([-5.0, 0.0, 5.0, 30.0], margin=20.0)   # one replicate in four beyond +20
+        0.25
+    """
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be positive, got {margin}")
+    r = np.asarray(replicates, float)
+    return float(max(np.mean(r <= -margin), np.mean(r >= margin)))
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values: reject comparison ``i`` at family-wise level ``alpha`` iff
+    ``adjusted[i] <= alpha``. Sorted ascending, ``p_(k) * (m - k)`` (k from 0), made non-decreasing, capped at 1.
+
+    Example:
+        >>> holm_adjust([0.01, 0.02, 0.5]).tolist()   # 0.01 * 3, 0.02 * 2, 0.5 * 1
+        [0.03, 0.04, 0.5]
+    """
+    p = np.asarray(p_values, float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def holm_levels(p_values, alpha: float = 0.05) -> np.ndarray:
+    """Per-comparison confidence levels of Holm-adjusted intervals, step-down.
+
+    The comparison of rank ``k`` (p-values ascending, from 0) gets ``1 - alpha / (m - k)`` while every
+    comparison before it was rejected; from the first that is not, it and every later one keep that
+    first level (a wider interval than its own rank would give), so an interval excludes zero exactly
+    when Holm's procedure rejects (up to the bootstrap's ties). Bonferroni's ``1 - alpha / m`` is the
+    level of the smallest p-value.
+
+    Example:
+        >>> holm_levels([0.001, 0.04, 0.02], alpha=0.05).round(4).tolist()   # all three rejected: 0.05/3, 0.05/2, 0.05/1
+        [0.9833, 0.95, 0.975]
+        >>> holm_levels([0.03, 0.04], alpha=0.05).tolist()                # 0.03 > 0.025: stop at the first
+        [0.975, 0.975]
+    """
+    p = np.asarray(p_values, float)
+    m = len(p)
+    levels = np.empty(m)
+    stop = None
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        a = alpha / (m - rank) if stop is None else stop
+        if stop is None and p[i] > a:
+            stop = a  # Holm stops here: this and every later comparison are not rejected
+        levels[i] = 1.0 - a
+    return levels
+
+
+def verdict(p_difference: float, p_equivalence: float, sign: float, alpha: float = 0.05) -> str:
+    """One word for a comparison from its (adjusted) p-values: ``better``/``worse`` when the difference is
+    significant (``sign`` gives its direction), else ``equivalent`` when the equivalence test is, else
+    ``inconclusive`` (too few runs to say either).
+
+    Example:
+        >>> verdict(0.01, 0.9, sign=-1.0), verdict(0.3, 0.2, sign=1.0)
+        ('worse', 'inconclusive')
+    """
+    if p_difference <= alpha:
+        return "better" if sign > 0 else "worse"
+    if p_equivalence <= alpha:
+        return "equivalent"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a family: the difference with its Holm-level interval, the TOST interval, the
+    p-values (raw and Holm-adjusted), the margin and the verdict."""
+
+    difference: Interval
+    """``statistic(x) - statistic(y)`` with its percentile interval at the comparison's Holm level."""
+    equivalence: Interval
+    """The same difference with its ``1 - 2 alpha_k`` interval (alpha_k: its equivalence test's Holm level)."""
+    margin: float
+    p: float
+    p_adjusted: float
+    p_equivalence: float
+    p_equivalence_adjusted: float
+    verdict: str
+
+
+def compare_family(pairs: Sequence[tuple], margins, statistic: str | Statistic = "iqm", *, alpha: float = 0.05,
+                   paired: bool = True, n_boot: int = 2000, seed: int = 0) -> list[Comparison]:
+    """Compare each ``(x, y)`` of a family at family-wise error ``alpha`` (Holm), with an equivalence test.
+
+    Args:
+        pairs: ``(x, y)`` score vectors per comparison (runs; paired by index when ``paired``).
+        margins: the equivalence margin of each comparison (one number for all), in the scores' units,
+            declared before the data are seen.
+        statistic, paired, n_boot, seed: as :func:`difference_interval` (resampling runs).
+        alpha: family-wise error of the difference tests, and separately of the equivalence tests.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.normal(100.0, 5.0, 10)
+        >>> out = compare_family([(y + 50.0, y), (y + rng.normal(0, 3.0, 10), y), (y + rng.normal(0, 80.0, 10), y)],
+        ...                      20.0, "mean", n_boot=1000)
+        >>> [c.verdict for c in out]
+        ['better', 'equivalent', 'inconclusive']
+    """
+    pairs = list(pairs)
+    m = len(pairs)
+    margins = np.broadcast_to(np.asarray(margins, float), (m,))
+    draws = [difference_replicates(x, y, statistic, paired=paired, n_boot=n_boot, seed=seed) for x, y in pairs]
+    p = np.array([bootstrap_p_value(reps) for _, reps in draws])
+    p_eq = np.array([equivalence_p_value(reps, margin) for (_, reps), margin in zip(draws, margins)])
+    p_adj, p_eq_adj = holm_adjust(p), holm_adjust(p_eq)
+    levels, eq_levels = holm_levels(p, alpha), holm_levels(p_eq, alpha)
+    out = []
+    for k, (point, reps) in enumerate(draws):
+        sign = float(np.mean(reps > 0) - np.mean(reps < 0)) or point
+        out.append(Comparison(
+            difference=_percentile_interval(point, reps, levels[k]),
+            equivalence=_percentile_interval(point, reps, 2.0 * eq_levels[k] - 1.0),
+            margin=float(margins[k]), p=float(p[k]), p_adjusted=float(p_adj[k]), p_equivalence=float(p_eq[k]),
+            p_equivalence_adjusted=float(p_eq_adj[k]), verdict=verdict(p_adj[k], p_eq_adj[k], sign, alpha)))
+    return out
 
 
 # --------------------------------------------------------------------------- curves

@@ -85,6 +85,77 @@ def test_steps_to_threshold_and_reach():
     assert stats.format_steps(1_250_000) == "1.25M" and stats.format_steps(950) == "950"
 
 
+def test_holm_adjusted_p_values_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.2 -> times 4, 3, 2, 1 = 0.04, 0.06, 0.06, 0.2; running max keeps the order
+    np.testing.assert_allclose(stats.holm_adjust([0.03, 0.2, 0.01, 0.02]), [0.06, 0.2, 0.04, 0.06])
+    np.testing.assert_allclose(stats.holm_adjust([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    np.testing.assert_allclose(stats.holm_adjust([0.04]), [0.04])        # a family of one is not adjusted
+    # Holm rejects exactly what its step-down rule rejects
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, size=rng.integers(1, 7))
+        order, m = np.argsort(p), len(p)
+        reject, going = np.zeros(m, bool), True
+        for k, i in enumerate(order):
+            going = going and p[i] <= 0.05 / (m - k)
+            reject[i] = going
+        np.testing.assert_array_equal(stats.holm_adjust(p) <= 0.05, reject)
+
+
+def test_holm_levels_give_intervals_that_exclude_zero_exactly_when_holm_rejects():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        m = int(rng.integers(2, 6))
+        reps = [rng.normal(rng.uniform(-3, 3), 1.0, size=4000) for _ in range(m)]
+        p = np.array([stats.bootstrap_p_value(r) for r in reps])
+        levels = stats.holm_levels(p, 0.05)
+        rejected = stats.holm_adjust(p) <= 0.05
+        for r, level, rej, pk in zip(reps, levels, rejected, p):
+            lo, hi = np.percentile(r, [50 * (1 - level), 100 - 50 * (1 - level)])
+            if abs(pk - (1 - level)) > 2e-3:  # away from the boundary, where percentile interpolation decides ties
+                assert (lo > 0 or hi < 0) == rej
+    assert stats.holm_levels([0.2, 0.001], 0.05).tolist() == [0.95, 1 - 0.025]
+
+
+def test_bootstrap_and_equivalence_p_values_invert_their_intervals():
+    reps = np.random.default_rng(2).normal(1.0, 1.0, size=20_000)
+    p = stats.bootstrap_p_value(reps)
+    assert p == pytest.approx(2 * scipy.stats.norm.cdf(-1.0), abs=0.01)
+    for alpha in (0.05, 0.2):
+        inside = np.all(np.abs(np.percentile(reps, [100 * alpha, 100 * (1 - alpha)])) < 2.5)  # the 1 - 2 alpha interval
+        assert (stats.equivalence_p_value(reps, 2.5) <= alpha) == inside
+    assert stats.equivalence_p_value(reps, 10.0) == 0.0 and stats.equivalence_p_value(reps, 0.1) > 0.5
+    with pytest.raises(ValueError):
+        stats.equivalence_p_value(reps, 0.0)
+
+
+def test_verdicts_cover_the_four_outcomes():
+    assert stats.verdict(0.01, 0.5, sign=1.0) == "better"
+    assert stats.verdict(0.01, 0.01, sign=-1.0) == "worse"  # a significant difference is named before equivalence
+    assert stats.verdict(0.2, 0.01, sign=1.0) == "equivalent"
+    assert stats.verdict(0.2, 0.3, sign=1.0) == "inconclusive"
+    y = np.linspace(0.0, 900.0, 10)
+    family = stats.compare_family([(y + 400.0, y), (y - 400.0, y), (y + np.tile([-5.0, 5.0], 5), y)], 100.0, "mean",
+                                  n_boot=500)
+    assert [c.verdict for c in family] == ["better", "worse", "equivalent"]
+    assert family[0].difference.low > 0 and family[1].difference.high < 0
+    assert -100 < family[2].equivalence.low < family[2].equivalence.high < 100
+    assert family[0].difference.confidence == pytest.approx(1 - 0.05 / 3)  # the family's smallest p gets Bonferroni's level
+
+
+def test_holm_keeps_the_family_wise_error_where_unadjusted_tests_do_not():
+    # 6 comparisons of methods with no difference at all: how often does a family claim one?
+    rng = np.random.default_rng(3)
+    families, claimed_holm, claimed_raw = 150, 0, 0
+    for f in range(families):
+        pairs = [(rng.normal(size=20), rng.normal(size=20)) for _ in range(6)]
+        out = stats.compare_family(pairs, 0.5, "mean", paired=False, n_boot=400, seed=f)
+        claimed_holm += any(c.verdict in ("better", "worse") for c in out)
+        claimed_raw += any(c.p <= 0.05 for c in out)
+    assert claimed_holm / families <= 0.10
+    assert claimed_raw / families >= 0.15  # six tests at 5% each: about 1 - 0.95^6 = 26%
+
+
 def test_docstring_examples():
     import doctest
 
