@@ -89,7 +89,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nnae_utils.provenance import code_revision, json_default, machine, runtime_versions  # noqa: E402
+from nnae_utils.io import json_default  # noqa: E402
+from nnae_utils.provenance import code_revision, machine, runtime_versions  # noqa: E402
 from nnae_utils.td3 import Batch, ReplayBuffer, TD3Config, TD3Learner  # noqa: E402
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from . import autoencoders as ae
+from .io import jsonable
 from .policies import Network, NetworkSpec, save_network, write_index
 from .rollouts import evaluate
 from .stats import ratio_interval
@@ -535,18 +536,13 @@ def write_decoded(directory: str | Path, jobs: Sequence[DecodeJob], frame: pd.Da
 
 
 def json_ready(obj: Any) -> Any:
-    """Floats rounded for summary.json, NaN as None (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else round(float(obj), 6)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    """Floats rounded to 6 decimals for summary.json, NaN as None (JSON has no NaN): :func:`nnae_utils.io.jsonable`.
+
+    Example:
+        >>> json_ready({"retention": np.float64(0.98765432), "ci": (np.nan, 1)})
+        {'retention': 0.987654, 'ci': [None, 1]}
+    """
+    return jsonable(obj, digits=6, finite=True)
 
 
 def dumps(obj: Any) -> str:

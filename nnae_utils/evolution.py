@@ -56,7 +56,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,7 @@ from typing import Any, Generator, Sequence
 import numpy as np
 
 from . import backends
-from .provenance import json_default
+from .io import atomic_write, jsonable, write_json
 from .genomes import Genome, mutate
 from .policies import Network
 from .rollouts import EvalResult
@@ -221,17 +220,14 @@ class RunState:
             "report_steps": self.report_steps, "seed_cursor": self.seed_cursor, "curve": self.curve,
             "done": self.done, "stop_reason": self.stop_reason, "rng": self.rng.bit_generator.state,
         }
-        arrays = {"meta": np.array(json.dumps(meta, default=json_default))}
+        arrays = {"meta": np.array(json.dumps(jsonable(meta)))}
         for name in ("population", "champion", "champion_returns", "reported"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = np.asarray(value)
         if self.fitness_history:
             arrays["fitness_history"] = np.stack(self.fitness_history)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @staticmethod
     def read_meta(path: Path) -> dict[str, Any]:
@@ -622,10 +618,7 @@ class ComputeClock:
 
     def save(self) -> None:
         for run_id, path in self.paths.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps({"wall_seconds": round(self.seconds[run_id], 3)}))
-            os.replace(tmp, path)
+            write_json(path, {"wall_seconds": round(self.seconds[run_id], 3)}, indent=None)
         self.saved = time.perf_counter()
 
 

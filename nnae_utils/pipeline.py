@@ -40,6 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 from .backends import ENV_VAR as BACKEND_ENV_VAR, PORTABLE_KERNELS, RAY_HINT, RaySettings, kernel_environment, parse_backend
+from .io import write_json
 from .published import digest as published_digest
 from .stages import STAGE_RECORD, STAGES, STAGES_BY_NAME, MissingInputError, ParameterError, Stage, StageParams
 
@@ -237,7 +238,7 @@ def run_stage(stage: Stage, params: StageParams, run_dir: Path, key: str, backen
     stage_dir = run_dir / stage.folder
     if not stage_dir.is_dir():
         raise PipelineError(f"stage '{stage.name}' finished but wrote no artifact folder {stage_dir}")
-    (stage_dir / STAGE_RECORD).write_text(json.dumps(record, indent=1))
+    write_json(stage_dir / STAGE_RECORD, record)
     return record
 
 
@@ -318,7 +319,7 @@ def run_pipeline(
     timings = run_dir / "timings.json"
     old = json.loads(timings.read_text()) if timings.is_file() else {}
     old.update({n: {"wall_seconds": r["wall_seconds"], "cached": r["cached"]} for n, r in records.items()})
-    timings.write_text(json.dumps(old, indent=1))
+    write_json(timings, old)
     return records
 
 
@@ -810,7 +811,7 @@ def build_book(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None 
     timings = run_dir / "timings.json"
     old = json.loads(timings.read_text()) if timings.is_file() else {}
     old["book"] = {"wall_seconds": round(time.time() - start, 1), "cached": False}
-    timings.write_text(json.dumps(old, indent=1))
+    write_json(timings, old)
     return html
 
 

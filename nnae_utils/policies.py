@@ -28,14 +28,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .provenance import json_default
+from .io import atomic_write_path, write_json
 
 FORMAT_NAME = "nnae-network"
 FORMAT_VERSION = "1"
@@ -277,23 +276,16 @@ class Network:
 
 
 def save_network(path: str | os.PathLike, net: Network) -> Path:
-    """Write ``net`` atomically (temp file + rename) so a crash never leaves a truncated file."""
+    """Write ``net`` atomically (:func:`nnae_utils.io.atomic_write_path`: a crash never leaves a truncated
+    file; mode 0644, readable by whoever re-scores it)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"network files end in .safetensors, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**net.extra_metadata, **net.spec.to_metadata()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in net.params.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in net.params.items()}
+    return atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_network(path: str | os.PathLike) -> Network:
@@ -346,11 +338,7 @@ def write_index(directory: str | os.PathLike, records: Iterable[Mapping[str, Any
             raise ValueError(f"index record {rec.get('id')!r} lacks {missing}")
         if not (directory / f"{rec['id']}.safetensors").is_file():
             raise FileNotFoundError(f"index record {rec['id']!r} has no file {rec['id']}.safetensors in {directory}")
-    path = directory / INDEX_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1, default=json_default))
-    os.replace(tmp, path)
-    return path
+    return write_json(directory / INDEX_FILE, records)
 
 
 def read_index(directory: str | os.PathLike) -> list[dict[str, Any]]:

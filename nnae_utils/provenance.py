@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
 
 
 def runtime_versions() -> dict[str, str]:
@@ -75,18 +74,3 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
                f"model {fields['model']}" if "model" in fields else None, simd]
     details = [d for d in details if d]
     return f"{name} ({', '.join(details)})" if details else name
-
-
-def json_default(obj: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars and arrays and paths, as results hold them."""
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from .io import swap_folder
 from .provenance import code_revision, machine, runtime_versions
 from .stages import STAGES_BY_NAME
 
@@ -153,9 +154,7 @@ def _copy_replacing(files: Sequence[Path], source: Path, dest: Path,
         shutil.copy2(path, target)
     for name, data in (written_too or {}).items():
         (staging / name).write_text(json.dumps(data, indent=1))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(staging, dest)
+    swap_folder(staging, dest)  # a crash leaves the old copy or the new one, never neither
 
 
 def _files_under(folder: Path) -> list[Path]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .io import swap_folder
+
 STAGE_RECORD = "stage.json"
 
 START_CONDITIONS = {
@@ -751,12 +753,4 @@ class StageOutput:
     def commit(self, summary: Mapping[str, Any]) -> Path:
         """Write ``summary.json`` and replace the stage's folder with the staging folder."""
         (self.path / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        old = self.final.with_name(self.final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if self.final.exists():
-            os.replace(self.final, old)
-        os.replace(self.path, self.final)
-        if old.exists():
-            shutil.rmtree(old)
-        return self.final
+        return swap_folder(self.path, self.final)

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +59,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backends import torch_threads
+from .io import atomic_write, atomic_write_path, write_json
 from .policies import ACTIVATIONS, Network, NetworkSpec, actor_to_network, make_actor, save_network
-from .provenance import json_default, runtime_versions
+from .provenance import runtime_versions
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BUFFER_FILE = "buffer.npz"
@@ -329,7 +329,7 @@ class ReplayBuffer:
             "meta": np.array([BUFFER_VERSION, self.obs_dim, self.act_dim, self.capacity, self.ptr, self.size, self.n_added],
                              np.int64),
         }
-        return _atomic_write(path, lambda f: np.savez(f, **arrays))
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReplayBuffer":
@@ -388,7 +388,7 @@ def save_critic(path: str | os.PathLike, critic: TwinCritic, extra_metadata: Map
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}
     meta = {**{k: str(v) for k, v in (extra_metadata or {}).items()}, **critic.metadata()}
-    return _atomic_path_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write_path(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_critic(path: str | os.PathLike) -> tuple[TwinCritic, dict[str, str]]:
@@ -561,38 +561,6 @@ class TD3Learner:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_path_write(path: Path, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> Path:
-    """Call ``write(file_object)`` on a temp file beside ``path``, then rename it into place."""
-
-    def to_file(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            write(f)
-
-    return _atomic_path_write(path, to_file)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, default=json_default).encode()))
-
-
-
 def _read_curve(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
@@ -606,7 +574,7 @@ def _write_curve(path: Path, rows: list[Mapping[str, Any]]) -> None:
         for row in rows:
             f.write((",".join(str(row.get(c, "")) for c in CURVE_COLUMNS) + "\n").encode())  # core_s: newer runs
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _append_curve(path: Path, row: Mapping[str, Any]) -> None:
@@ -881,7 +849,7 @@ def train_td3(
                     "wall_s": time.perf_counter() - t0, "update_time_s": update_time, "updates_at_eval": updates_at_eval,
                     "update_time_at_eval": update_time_at_eval, "last_return": last_return,
                 }
-                _atomic_write(ckpt_path, lambda f: torch.save(state, f))
+                atomic_write(ckpt_path, lambda f: torch.save(state, f))
                 write_provenance(finished=False)
 
             def write_provenance(finished: bool) -> None:
@@ -892,7 +860,7 @@ def train_td3(
                 core = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])
                 prov.update(end_time=end, total_wall_s=round(time.perf_counter() - t0, 3), core_seconds=round(core, 3),
                             step=step, updates=learner.n_updates, train_episodes=episode, finished=finished)
-                _write_json(prov_path, prov)
+                write_json(prov_path, prov)
 
             # ---- the loop
             stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
