@@ -313,6 +313,9 @@ class LayerAEParams(StageParams):
     """Stage 2: one autoencoder per layer, flat and neuron-token forms, trained with the functional loss."""
 
     STAGE: typing.ClassVar[str] = "layer_autoencoders"
+    SYMMETRIES: typing.ClassVar[tuple[str, ...]] = ("none", "align", "augment", "canonical")
+    """How the hidden units' arbitrary order (and ReLU scale) is handled: the options of ``symmetry``
+    (:mod:`nnae_utils.autoencoders` implements them and refers to this tuple)."""
 
     main_ratio: float = 10.0
     """Compression ratio (layer parameters per latent dimension) of the main autoencoders: curves, ablations, and the checkpoints stages 3 and 4 load."""
@@ -358,6 +361,8 @@ class LayerAEParams(StageParams):
     """Torch threads per autoencoder in training (1: the machine has 2 cores, shared; more threads on a busy machine run slower)."""
     jobs: int = 2
     """Autoencoders trained at once, each in its own process (1: one after another, in the process of the notebook); the models do not depend on it."""
+    symmetry: list[str] = field(default_factory=lambda: ["none", "align"])
+    """Hidden-unit symmetry options the main autoencoders are trained with and compared on the validation run: none (the checkpoints stages 3 and 4 load; required), align (weight matching to the best train network), augment (a fresh random permutation of every train network in every minibatch), canonical (ReLU units rescaled to unit norm, then ordered and weight-matched to the canonical reference)."""
 
     def validate(self) -> None:
         self._positive(
@@ -378,6 +383,12 @@ class LayerAEParams(StageParams):
         self._fraction("dagger_fraction", closed_high=True)
         if self.weight_loss_coef < 0:
             raise ParameterError(f"layer_autoencoders: weight_loss_coef must be >= 0, got {self.weight_loss_coef}")
+        unknown = [s for s in self.symmetry if s not in self.SYMMETRIES]
+        if unknown or len(set(self.symmetry)) != len(self.symmetry) or "none" not in self.symmetry:
+            raise ParameterError(
+                f"layer_autoencoders: symmetry must list distinct options of {list(self.SYMMETRIES)}, 'none' among them "
+                f"(its autoencoders are the ones stages 3 and 4 load), got {self.symmetry!r}"
+            )
 
 
 @dataclass(frozen=True)

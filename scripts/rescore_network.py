@@ -17,11 +17,20 @@ On x86-64 it computes with numpy's kernels capped at AVX2, as the suite's pipeli
 (``nnae_utils.backends.PORTABLE_KERNELS``): an AVX-512 kernel rounds float32 products differently,
 and Hopper turns the last bit of an action into another return. A variable already set is kept;
 ``NNAE_NATIVE_KERNELS=1`` uses this CPU's own kernels (for a run made with ``--native-kernels``).
+
+A file that is missing, truncated, not a network file or inconsistent with its own metadata is
+refused in one line on stderr, as the package's loader words it (``NetworkFormatError``), with exit
+status 2 (1 is a re-scored mean that disagrees with its record); so is an ``index.json`` that
+cannot be read:
+
+    $ python scripts/rescore_network.py notes.txt --seeds 1
+    rescore_network: cannot read network file notes.txt: Error while deserializing header: ...
 """
 import argparse
 import json
 import os
 import platform
+import sys
 
 NUMPY_KERNELS = {"OPENBLAS_CORETYPE": "Zen", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 if platform.machine() in ("x86_64", "AMD64") and os.environ.get("NNAE_NATIVE_KERNELS") != "1":
@@ -33,9 +42,47 @@ import numpy as np  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 
+FORMAT_NAME, FORMAT_VERSION = "nnae-network", "1"  # as nnae_utils/policies.py writes them
+ACTIVATIONS = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh,
+               "elu": lambda v: np.where(v > 0, v, np.expm1(np.minimum(v, 0.0)))}
+
+
+class NetworkFormatError(ValueError):
+    """A network file or index that is missing, truncated, foreign or inconsistent (as in nnae_utils.policies)."""
+
+
 def load(path):
-    with safe_open(path, framework="numpy") as f:
-        return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    """The file's metadata and tensors, checked as ``nnae_utils.policies.load_network`` checks them."""
+    if not os.path.isfile(path):
+        raise NetworkFormatError(f"network file not found: {path}")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta, tensors = dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise NetworkFormatError(f"cannot read network file {path}: {exc}") from exc
+    if meta.get("format") != FORMAT_NAME:
+        raise NetworkFormatError(f"{path}: not an {FORMAT_NAME} file (metadata format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NetworkFormatError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    try:
+        sizes = [int(meta["obs_dim"]), *map(int, json.loads(meta["hidden"])), int(meta["act_dim"])]
+        float(meta.get("layer_norm_eps", "1e-5"))
+        if not meta["env_id"] or meta["activation"] not in ACTIVATIONS:
+            raise ValueError(f"activation {meta['activation']!r} or env_id {meta['env_id']!r}")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise NetworkFormatError(f"{path}: bad network metadata: {exc!r}") from exc
+    expected = {}  # the tensors act() reads, with their shapes (NetworkSpec.tensor_shapes)
+    for i in range(len(sizes) - 1):
+        expected[f"layers.{i}.weight"], expected[f"layers.{i}.bias"] = (sizes[i + 1], sizes[i]), (sizes[i + 1],)
+        if meta.get("layer_norm", "none") != "none" and i < len(sizes) - 2:
+            expected[f"layers.{i}.norm.weight"] = expected[f"layers.{i}.norm.bias"] = (sizes[i + 1],)
+    if meta.get("obs_norm") == "true":
+        expected["obs_mean"] = expected["obs_std"] = (sizes[0],)
+    for name, shape in expected.items():
+        if name not in tensors or tensors[name].shape != shape or tensors[name].dtype != np.float32:
+            got = f"{tensors[name].dtype} {tensors[name].shape}" if name in tensors else "nothing"
+            raise NetworkFormatError(f"{path}: tensor {name} should be float32 {shape}, got {got}")
+    return meta, tensors
 
 
 def act(meta, t, obs):
@@ -51,8 +98,7 @@ def act(meta, t, obs):
             return np.tanh(x)
         if norm_at == "before":
             x = layer_norm(x, t[f"layers.{i}.norm.weight"], t[f"layers.{i}.norm.bias"], eps)
-        x = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh,
-             "elu": lambda v: np.where(v > 0, v, np.expm1(np.minimum(v, 0.0)))}[meta["activation"]](x)
+        x = ACTIVATIONS[meta["activation"]](x)
         if norm_at == "after":
             x = layer_norm(x, t[f"layers.{i}.norm.weight"], t[f"layers.{i}.norm.bias"], eps)
 
@@ -79,8 +125,14 @@ def rescore(path, seeds, max_steps=None):
 
 def rescore_index(index_path, tolerance, fresh=None, bar=None):
     folder = index_path.rsplit("/", 1)[0] if "/" in index_path else "."
-    with open(index_path) as f:
-        records = json.load(f)
+    try:
+        with open(index_path) as f:
+            records = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise NetworkFormatError(f"cannot read index {index_path}: {exc}") from exc
+    needed = ("id", "return_mean", "eval_seeds", "max_episode_steps")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in needed) for r in records):
+        raise NetworkFormatError(f"{index_path} must hold a list of records, each with {list(needed)}")
     worst, means = 0.0, []
     for rec in records:
         seeds = list(range(fresh[0], fresh[0] + fresh[1])) if fresh else rec["eval_seeds"]
@@ -115,6 +167,14 @@ def main(argv=None):
                         help="--index: re-score on N other reset seeds from FIRST instead of the recorded ones")
     parser.add_argument("--bar", type=float, help="--fresh-seeds: count the networks whose fresh mean reaches this")
     args = parser.parse_args(argv)
+    try:
+        return run(parser, args)
+    except NetworkFormatError as exc:  # one line a user can act on, not a traceback
+        print(f"rescore_network: {exc}", file=sys.stderr)
+        return 2  # 1 means "re-scored, and a mean disagrees with its record"
+
+
+def run(parser, args):
     if args.index:
         if args.network or args.seeds:
             parser.error("--index takes no network file and no --seeds (each network's seeds are in the index)")

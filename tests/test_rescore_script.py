@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nnae_utils.backends import NATIVE_KERNELS_VAR, PORTABLE_KERNELS
 from nnae_utils.policies import Network, NetworkSpec, save_network
@@ -30,7 +31,7 @@ def test_script_imports_only_numpy_safetensors_gymnasium():
             modules |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             modules.add(node.module.split(".")[0])
-    assert modules <= {"argparse", "json", "os", "platform", "numpy", "safetensors", "gymnasium"}, modules
+    assert modules <= {"argparse", "json", "os", "platform", "sys", "numpy", "safetensors", "gymnasium"}, modules
 
 
 def test_script_caps_numpy_kernels_as_the_pipeline_does():
@@ -100,3 +101,54 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [round(line["fresh"], 6) for line in lines[:-1]] == [round(float(x), 6) for x in fresh]
     assert lines[-1]["fresh_seeds"] == [40, 42] and lines[-1]["at_or_above_bar"] == 1
+
+
+def _refused(*args):
+    """Run the script on bad input: it must say why in one line on stderr and exit 2, no traceback."""
+    out = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120,
+                         env=SAME_KERNELS_AS_HERE)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rescore_network: "), out.stderr
+    return lines[0]
+
+
+def _package_says(path):
+    from nnae_utils.policies import NetworkFormatError, load_network
+
+    with pytest.raises(NetworkFormatError) as err:
+        load_network(path)
+    return str(err.value)
+
+
+def test_truncated_foreign_or_missing_files_are_refused_in_one_line_as_the_loader_words_it(tmp_path):
+    from safetensors.numpy import save_file
+
+    good = save_network(tmp_path / "good.safetensors", Network.random(NetworkSpec(11, 3, (8,)), seed=0))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:100])
+    foreign = tmp_path / "foreign.safetensors"  # a valid safetensors file that is not a network (say, a critic)
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(foreign), metadata={"kind": "critic"})
+    text = tmp_path / "notes.txt"
+    text.write_text("not a network")
+    for bad in (truncated, foreign, text, tmp_path / "absent.safetensors"):
+        line = _refused(bad, "--seeds", 1)
+        assert _package_says(bad) in line, (line, _package_says(bad))
+
+
+def test_a_file_whose_tensors_contradict_its_metadata_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    net = Network.random(NetworkSpec(11, 3, (8,)), seed=0)
+    params = {**net.params, "layers.1.weight": np.zeros((3, 7), np.float32)}  # the hidden layer has 8 units
+    path = tmp_path / "bad.safetensors"
+    save_file(params, str(path), metadata=net.spec.to_metadata())
+    assert "layers.1.weight" in _refused(path, "--seeds", 1)
+
+
+def test_an_unreadable_index_is_refused_in_one_line(tmp_path):
+    (tmp_path / "index.json").write_text("[{\"id\": \"n0\"")  # cut off mid-write
+    assert "index" in _refused("--index", tmp_path / "index.json")
+    (tmp_path / "index.json").write_text(json.dumps([{"id": "n0"}]))  # no seeds or recorded return
+    assert "eval_seeds" in _refused("--index", tmp_path / "index.json")
