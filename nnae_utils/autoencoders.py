@@ -64,7 +64,7 @@ import os
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
@@ -73,12 +73,18 @@ import torch
 from torch import nn
 
 from .policies import Network, NetworkSpec, stack_params
+from .stages import LayerAEParams
 
 FORMS = ("flat", "token")
 """Encoder forms: the paper's flattened layer, or one token per output neuron."""
 LOSSES = ("functional", "weights", "both", "dagger")
 """Training losses: the paper's functional loss; weight reconstruction (normalised MSE) only; their
 sum; the functional loss on dataset states mixed with states the decoded networks visit (DAgger-style)."""
+SYMMETRIES = LayerAEParams.SYMMETRIES
+"""Ways of handling the arbitrary order (and ReLU scale) of hidden units, checked in one place (the stage's
+parameters): ``none``; ``align`` (:func:`align_hidden_units` to a reference); ``augment`` (a fresh random
+permutation of every train network in every minibatch, :func:`random_hidden_permutations`); ``canonical``
+(:func:`canonical_form`)."""
 AE_FORMAT = "nnae-layer-autoencoder"
 PCA_FORMAT = "nnae-layer-pca"
 FORMAT_VERSION = "1"
@@ -353,9 +359,16 @@ class LayerAEConfig:
     """'dagger': the buffer keeps this many most recent visited states."""
     seed: int = 0
     """Seed of the initialisation and of every minibatch draw."""
+    symmetry: str = "none"
+    """The hidden-unit symmetry option it is trained under (:data:`SYMMETRIES`). ``augment`` changes training
+    itself (every minibatch's networks get fresh random permutations of their hidden units); ``align`` and
+    ``canonical`` change the networks it is given (:func:`symmetry_networks`), and it records them so that a
+    network is brought to the same form before it is encoded."""
 
     def __post_init__(self) -> None:
         _check_form(self.form)
+        if self.symmetry not in SYMMETRIES:
+            raise ValueError(f"symmetry must be one of {SYMMETRIES}, got {self.symmetry!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("latent", "hidden", "max_epochs", "steps_per_epoch", "networks_per_batch", "states_per_batch",
@@ -371,8 +384,10 @@ class LayerAEConfig:
 
     @property
     def name(self) -> str:
-        """A readable id, e.g. ``layer1_flat_functional_k416``."""
-        return f"layer{self.layer}_{self.form}_{self.loss}_k{self.latent}"
+        """A readable id, e.g. ``layer1_flat_functional_k416`` (``..._k416_augment`` under a symmetry option
+        other than none; 'none' keeps the name, hence the seeds, it had before the option existed)."""
+        base = f"layer{self.layer}_{self.form}_{self.loss}_k{self.latent}"
+        return base if self.symmetry == "none" else f"{base}_{self.symmetry}"
 
     def derived_seed(self) -> int:
         """A seed distinct for each (seed, layer, form, loss, latent): runs never share minibatch draws by accident."""
@@ -731,6 +746,129 @@ def align_hidden_units(net: Network, reference: Network, iterations: int = 20) -
     return permute_hidden_units(net, perms)
 
 
+# --------------------------------------------------------------------------- symmetry options
+
+
+def random_hidden_permutations(spec: NetworkSpec, n_networks: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """One random permutation per network and hidden layer: ``[(n_networks, hidden[g]) int64 for g]``,
+    drawn from ``rng`` (the training's own generator, so a seeded run draws the same ones)."""
+    return [torch.from_numpy(np.argsort(rng.random((n_networks, h)), axis=1)) for h in spec.hidden]
+
+
+def permute_stacked(stack: StackedNetworks, perms: Sequence[torch.Tensor]) -> StackedNetworks:
+    """Every network of the stack with its hidden units reordered, network ``p``'s layer ``g`` by ``perms[g][p]``
+    (new unit i = old unit ``perms[g][p, i]``), as :func:`permute_hidden_units` does for one network: the
+    same actions, other coordinates. The decoder's target under ``augment`` is this permuted order, the
+    order the network arrives in: the functional loss puts the decoded layer into the *permuted* network,
+    so an autoencoder that decodes into any other order is penalised (a held-out run's units come in an
+    order of their own, and nothing else would put its decoded layer back into its network)."""
+    spec = stack.spec
+    if len(perms) != len(spec.hidden):
+        raise ValueError(f"need one permutation per hidden layer ({len(spec.hidden)}), got {len(perms)}")
+    params = dict(stack.params)
+    for g, perm in enumerate(perms):
+        n, h = perm.shape
+        if n != len(stack) or h != spec.hidden[g]:
+            raise ValueError(f"perms[{g}] has shape {tuple(perm.shape)}, expected ({len(stack)}, {spec.hidden[g]})")
+        for name in (f"layers.{g}.weight", f"layers.{g}.bias", f"layers.{g}.norm.weight", f"layers.{g}.norm.bias"):
+            if name in params:
+                t = params[name]
+                params[name] = torch.gather(t, 1, perm.reshape(n, h, *([1] * (t.ndim - 2))).expand(n, h, *t.shape[2:]))
+        nxt = params[f"layers.{g + 1}.weight"]  # (P, out, units): its columns move with the units
+        params[f"layers.{g + 1}.weight"] = torch.gather(nxt, 2, perm[:, None, :].expand(n, nxt.shape[1], h))
+    return StackedNetworks(spec, params)
+
+
+def rescale_hidden_units(net: Network, norm: float = 1.0) -> Network:
+    """The same function with every hidden unit's incoming weights and bias scaled to L2 norm ``norm``,
+    the scale folded into the next layer's column: ``relu(a x) = a relu(x)`` for ``a > 0``.
+
+    Layers are taken from the input side, so a unit's incoming row is normalised after the previous
+    layer's scales were folded into it; the result is unique whatever positive rescaling the input
+    network carried. A dead unit (a zero row) keeps scale 1. Only ReLU units without LayerNorm have this
+    symmetry: other networks are refused.
+    """
+    spec = net.spec
+    if spec.activation != "relu" or spec.layer_norm != "none":
+        raise ValueError(f"positive rescaling keeps the function of ReLU units without LayerNorm only, "
+                         f"got activation={spec.activation}, layer_norm={spec.layer_norm}")
+    params = {k: np.asarray(v, np.float64) for k, v in net.params.items()}
+    for g in range(len(spec.hidden)):
+        w, b = params[f"layers.{g}.weight"], params[f"layers.{g}.bias"]
+        scale = np.sqrt((w ** 2).sum(1) + b ** 2) / norm
+        scale = np.where(scale > 0, scale, 1.0)
+        params[f"layers.{g}.weight"], params[f"layers.{g}.bias"] = w / scale[:, None], b / scale
+        params[f"layers.{g + 1}.weight"] = params[f"layers.{g + 1}.weight"] * scale[None, :]
+    return Network(spec, {k: v.astype(np.float32) for k, v in params.items()}, dict(net.extra_metadata))
+
+
+def sort_hidden_units(net: Network) -> Network:
+    """The same function with each hidden layer's units in decreasing order of their outgoing weights' norm
+    (ties: increasing bias). Both keys move with a unit under any permutation of any layer, so two
+    permutations of one network come out alike; after :func:`rescale_hidden_units` the outgoing norm is
+    the unit's whole gain, and the order does not depend on a rescaling either."""
+    perms = []
+    for g in range(len(net.spec.hidden)):
+        key = np.linalg.norm(net.params[f"layers.{g + 1}.weight"].astype(np.float64), axis=0)
+        perms.append(np.lexsort((net.params[f"layers.{g}.bias"], -key)))
+    return permute_hidden_units(net, perms)
+
+
+def canonical_form(net: Network, reference: Network | None = None, norm: float = 1.0) -> Network:
+    """A deterministic canonical form of ``net`` that computes the same actions: ReLU units rescaled to
+    incoming norm ``norm`` (:func:`rescale_hidden_units`), ordered by outgoing gain (:func:`sort_hidden_units`)
+    and, given a ``reference``, weight-matched (:func:`align_hidden_units`) to the reference's own canonical
+    form. Every step's input is already invariant to a permutation and a positive rescaling of ``net``'s
+    hidden units (weight matching starts from the sorted order), so the result is too: two networks that
+    differ only by those symmetries get the same canonical form, up to float rounding.
+
+    Example:
+        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
+        >>> net, ref = Network.random(spec, seed=0), Network.random(spec, seed=1)
+        >>> shuffled = permute_hidden_units(net, [np.random.default_rng(2).permutation(8) for _ in range(2)])
+        >>> bool(np.allclose(canonical_form(shuffled, ref).flat(), canonical_form(net, ref).flat(), atol=1e-6))
+        True
+    """
+    out = sort_hidden_units(rescale_hidden_units(net, norm))
+    if reference is not None:
+        out = align_hidden_units(out, sort_hidden_units(rescale_hidden_units(reference, norm)))
+    return out
+
+
+def symmetry_networks(option: str, nets: Sequence[Network], reference: Network) -> list[Network]:
+    """``nets`` in the form an autoencoder of symmetry ``option`` expects them: aligned to ``reference``
+    (align), canonical with ``reference`` (canonical), or as they are (none, augment: augmentation happens
+    in training). Every network computes exactly the actions it did."""
+    if option not in SYMMETRIES:
+        raise ValueError(f"symmetry must be one of {SYMMETRIES}, got {option!r}")
+    if option == "align":
+        return [align_hidden_units(n, reference) for n in nets]
+    if option == "canonical":
+        return [canonical_form(n, reference) for n in nets]
+    return list(nets)
+
+
+def symmetry_reference(option: str, reference: Network) -> Network:
+    """The reference network as the option's autoencoders see it (canonical: its canonical form)."""
+    return canonical_form(reference) if option == "canonical" else reference
+
+
+def symmetry_rows(option: str, results: Sequence["TrainResult"], train: "LayerData", val: "LayerData") -> list[dict[str, Any]]:
+    """One row per autoencoder of one symmetry option: its epoch kept's train and validation (held-out run)
+    functional losses, and the validation loss over the mean layer's, the mean layer taken from the
+    option's own train networks (aligned or canonical ones move it; augment's are the networks as given).
+    A ratio near 1 means the code carries no more about a held-out run's layer than the mean layer does."""
+    rows = []
+    for res in results:
+        cfg, best = res.model.config, res.best
+        mean = mean_layer_loss(train, val, cfg.layer)
+        rows.append({"symmetry": option, "layer": cfg.layer, "form": cfg.form, "latent_dim": res.model.latent_dim,
+                     "train_functional": best["train_functional"], "val_functional": best["val_functional"],
+                     "mean_layer_val": mean, "val_over_mean_layer": best["val_functional"] / mean,
+                     "best_epoch": res.best_epoch, "epochs": res.epochs_run, "wall_seconds": res.wall_seconds})
+    return rows
+
+
 # --------------------------------------------------------------------------- decoded networks
 
 
@@ -981,6 +1119,8 @@ def train_layer_autoencoder(
         for _ in range(cfg.steps_per_epoch):
             idx = rng.choice(len(train.stack), size=n_batch, replace=False)
             batch = train.stack.select(idx)
+            if cfg.symmetry == "augment":  # the same functions in fresh coordinates: the targets do not change
+                batch = permute_stacked(batch, random_hidden_permutations(spec, n_batch, rng))
             w, b = batch.layer(cfg.layer)
             w_hat, b_hat = model.reconstruct_t(w, b)
             functional = torch.zeros(())
@@ -1039,7 +1179,10 @@ def training_fingerprint(cfg: LayerAEConfig, train: LayerData, val: LayerData, s
     """A hash of everything that determines :func:`train_layer_autoencoder`'s result: the config, the
     three splits' networks and states, the training code's version, and torch's version and thread
     count (a thread count splits reductions differently, which changes the last bits)."""
-    h = hashlib.sha256(json.dumps({"config": asdict(cfg), "training_version": TRAINING_VERSION,
+    config = asdict(cfg)
+    if config["symmetry"] == "none":  # the fingerprints saved before the option existed stay valid
+        del config["symmetry"]
+    h = hashlib.sha256(json.dumps({"config": config, "training_version": TRAINING_VERSION,
                                    "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True).encode())
     for data in (train, val, stop_on):
         h.update(b"none" if data is None else data.fingerprint().encode())
@@ -1121,6 +1264,59 @@ def train_many_layer_autoencoders(
     # locally with jobs > 1: spawned processes (fork would copy torch's thread pools into the children)
     return resolve(backend).map(_train_in_child, configs, [train] * n, [val] * n, [stop_on] * n, [str(save_dir)] * n,
                                 [torch_threads] * n, max_workers=jobs, progress=progress, desc=desc)
+
+
+@dataclass
+class SymmetryRun:
+    """The main autoencoders retrained under one symmetry option, and the data they saw."""
+
+    option: str
+    reference: Network
+    """The network align and canonical bring every other to (canonical: in its canonical form)."""
+    train: LayerData
+    val: LayerData
+    stop_on: LayerData | None
+    results: list[tuple[TrainResult, bool]]
+    """(result, read back) per config, in the order given."""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """:func:`symmetry_rows` of its autoencoders."""
+        return symmetry_rows(self.option, [r for r, _ in self.results], self.train, self.val)
+
+
+def train_symmetry_options(
+    options: Sequence[str],
+    configs: Sequence[LayerAEConfig],
+    nets: Mapping[str, Sequence[Network]],
+    pools: Mapping[str, np.ndarray],
+    reference: Network,
+    *,
+    eval_states: int,
+    seed: int,
+    save_dir: str | os.PathLike,
+    jobs: int = 1,
+    torch_threads: int = 1,
+    progress: bool = True,
+) -> dict[str, SymmetryRun]:
+    """Train ``configs`` (stage 2's main autoencoders) once per symmetry option, on the same networks and
+    states brought to the option's form: ``{option: SymmetryRun}``.
+
+    ``nets``: 'train', 'validation' and, when early stopping is on held-out train snapshots, 'holdout'
+    networks; ``pools``: the 'train' and 'validation' state pools. The data are built as stage 2 builds its
+    own (eval-state seeds ``seed``, ``seed + 1``, ``seed + 2``), so the 'none' option's autoencoders are
+    the main ones, read back from ``save_dir`` rather than trained again.
+    """
+    runs = {}
+    for option in options:
+        moved = {s: symmetry_networks(option, v, reference) for s, v in nets.items() if v}
+        train = LayerData.build(moved["train"], pools["train"], eval_states, seed=seed)
+        val = LayerData.build(moved["validation"], pools["validation"], eval_states, seed=seed + 1)
+        stop_on = LayerData.build(moved["holdout"], pools["train"], eval_states, seed=seed + 2) if "holdout" in moved else None
+        cfgs = [replace(c, symmetry=option) for c in configs]
+        results = train_many_layer_autoencoders(cfgs, train, val, stop_on=stop_on, save_dir=save_dir, jobs=jobs,
+                                                torch_threads=torch_threads, desc=f"symmetry: {option}", progress=progress)
+        runs[option] = SymmetryRun(option, symmetry_reference(option, reference), train, val, stop_on, results)
+    return runs
 
 
 # --------------------------------------------------------------------------- the stage's experiments

@@ -402,6 +402,9 @@ def test_error_cases(tmp_path, zoo, data):
         ({"flat_hidden": "wide"}, "flat_hidden must be an integer"),
         ({"stop_on": "test"}, "stop_on must be validation or train_holdout"),
         ({"stop_on": "train_holdout", "holdout_every": 1}, "holdout_every must be >= 2"),
+        ({"symmetry": ["none", "sorted"]}, "symmetry must list distinct options"),
+        ({"symmetry": ["align"]}, "'none' among them"),
+        ({"symmetry": ["none", "align", "align"]}, "symmetry must list distinct options"),
     ],
 )
 def test_bad_stage_parameters_are_rejected(values, message):
@@ -430,6 +433,121 @@ def test_alignment_keeps_the_function_and_undoes_a_permutation(spec):
     assert np.linalg.norm(aligned.flat() - ref.flat()) <= np.linalg.norm(other.flat() - ref.flat())  # never farther
     with pytest.raises(ValueError, match="not a permutation"):
         ae.permute_hidden_units(ref, [np.zeros(h, int) for h in spec.hidden])
+
+
+# --------------------------------------------------------------------------- symmetry options
+
+
+def rescaled(net, factors):
+    """``net`` with hidden unit j of layer g scaled by ``factors[g][j] > 0`` and the next layer's column
+    divided by it: the same function for ReLU units, other weights."""
+    params = dict(net.params)
+    for g, a in enumerate(factors):
+        a = np.asarray(a, np.float32)
+        params[f"layers.{g}.weight"] = params[f"layers.{g}.weight"] * a[:, None]
+        params[f"layers.{g}.bias"] = params[f"layers.{g}.bias"] * a
+        params[f"layers.{g + 1}.weight"] = params[f"layers.{g + 1}.weight"] / a[None, :]
+    return Network(net.spec, params)
+
+
+def test_canonical_form_keeps_the_function_with_unit_norm_units():
+    net, ref = synthetic_zoo(runs=2, per_run=1)
+    x = states(64)
+    for canon in (ae.rescale_hidden_units(net), ae.canonical_form(net), ae.canonical_form(net, ref)):
+        np.testing.assert_allclose(canon.act(x), net.act(x), rtol=1e-5, atol=1e-5)
+        for g in range(len(SPEC.hidden)):
+            w, b = canon.layer(g)
+            np.testing.assert_allclose(np.sqrt((w.astype(np.float64) ** 2).sum(1) + b.astype(np.float64) ** 2), 1.0, rtol=1e-5)
+    assert not np.allclose(ae.canonical_form(net).flat(), net.flat())
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_canonical_form_is_invariant_to_a_permutation_and_a_positive_rescaling(with_reference):
+    net, ref = synthetic_zoo(runs=2, per_run=1, seed=1)
+    rng = np.random.default_rng(7)
+    moved = ae.permute_hidden_units(net, [rng.permutation(h) for h in SPEC.hidden])
+    moved = rescaled(moved, [rng.uniform(0.2, 5.0, h) for h in SPEC.hidden])
+    x = states(64)
+    np.testing.assert_allclose(moved.act(x), net.act(x), rtol=1e-4, atol=1e-5)  # the same function ...
+    assert not np.allclose(moved.flat(), net.flat(), atol=1e-2)                 # ... in other weights
+    reference = ref if with_reference else None
+    np.testing.assert_allclose(ae.canonical_form(moved, reference).flat(), ae.canonical_form(net, reference).flat(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_rescaling_is_refused_where_it_would_change_the_function():
+    net = synthetic_zoo(SPECS[1], runs=1, per_run=1)[0]  # elu with LayerNorm
+    with pytest.raises(ValueError, match="ReLU units without LayerNorm"):
+        ae.canonical_form(net)
+
+
+def test_augment_permutations_are_seeded_and_keep_every_networks_function(zoo):
+    stack = ae.StackedNetworks.from_networks(zoo[:5])
+    first = ae.random_hidden_permutations(SPEC, 5, np.random.default_rng(3))
+    again = ae.random_hidden_permutations(SPEC, 5, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    ae.random_hidden_permutations(SPEC, 5, rng)
+    later = ae.random_hidden_permutations(SPEC, 5, rng)  # the next minibatch's draw
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, later))
+    assert [tuple(p.shape) for p in first] == [(5, h) for h in SPEC.hidden]
+    assert all(sorted(row.tolist()) == list(range(p.shape[1])) for p in first for row in p)
+    permuted = ae.permute_stacked(stack, first)
+    x = states(32)
+    torch.testing.assert_close(ae.stacked_actions(permuted, x), ae.stacked_actions(stack, x), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(permuted.layer(1)[0], stack.layer(1)[0])
+    for p in range(5):  # network p moved as permute_hidden_units moves it
+        one = ae.permute_hidden_units(zoo[p], [perm[p].numpy() for perm in first])
+        np.testing.assert_array_equal(permuted.layer(1)[0][p].numpy(), one.layer(1)[0])
+
+
+@pytest.mark.parametrize("symmetry", ae.SYMMETRIES)
+def test_every_symmetry_option_trains_a_tiny_autoencoder_on_held_out_runs(symmetry):
+    nets = synthetic.synthetic_zoo(SPEC, runs=3, per_run=3, seed=0)
+    pool = states(256)
+    reference = nets[0]
+    train_nets = ae.symmetry_networks(symmetry, nets[:6], reference)   # runs 0 and 1
+    val_nets = ae.symmetry_networks(symmetry, nets[6:], reference)     # run 2, held out
+    x = states(16)
+    for before, after in zip(nets, train_nets + val_nets):
+        np.testing.assert_allclose(after.act(x), before.act(x), rtol=1e-5, atol=1e-5)
+    train, val = ae.LayerData.build(train_nets, pool, 64, 0), ae.LayerData.build(val_nets, pool, 64, 1)
+    cfg = tiny_config(layer=1, symmetry=symmetry, networks_per_batch=4)
+    result = ae.train_layer_autoencoder(cfg, train, val)
+    again = ae.train_layer_autoencoder(cfg, train, val)
+    assert result.history == [{**h, "seconds": r["seconds"]} for h, r in zip(again.history, result.history)]  # seeded
+    rows = ae.symmetry_rows(symmetry, [result], train, val)
+    assert len(rows) == 1 and rows[0]["symmetry"] == symmetry and np.isfinite(rows[0]["val_over_mean_layer"])
+    assert cfg.name == "layer1_flat_functional_k4" + ("" if symmetry == "none" else f"_{symmetry}")
+    if symmetry == "augment":  # the same data and seed without augmentation trains another model
+        plain = ae.train_layer_autoencoder(tiny_config(layer=1, networks_per_batch=4), train, val)
+        assert plain.history[0]["train_objective"] != result.history[0]["train_objective"]
+    with pytest.raises(ValueError, match="symmetry must be one of"):
+        tiny_config(symmetry="sorted")
+
+
+def test_symmetry_options_retrain_the_main_autoencoders_and_none_reads_them_back(tmp_path):
+    nets = synthetic.synthetic_zoo(SPEC, runs=3, per_run=3, seed=2)
+    split = {"train": nets[:5], "holdout": nets[5:6], "validation": nets[6:]}
+    pools = {"train": states(256, 1), "validation": states(256, 2)}
+    configs = [tiny_config(layer=0, latent=6), tiny_config(layer=2, form="token", latent=2)]
+    train = ae.LayerData.build(split["train"], pools["train"], 64, seed=0)
+    val = ae.LayerData.build(split["validation"], pools["validation"], 64, seed=1)
+    held = ae.LayerData.build(split["holdout"], pools["train"], 64, seed=2)
+    main = ae.train_many_layer_autoencoders(configs, train, val, stop_on=held, save_dir=tmp_path, progress=False)
+    runs = ae.train_symmetry_options(ae.SYMMETRIES, configs, split, pools, nets[0], eval_states=64, seed=0,
+                                     save_dir=tmp_path, progress=False)
+    assert list(runs) == list(ae.SYMMETRIES)
+    assert [reused for _, reused in runs["none"].results] == [True, True]  # the main autoencoders, not retrained
+    assert runs["none"].results[0][0].history == main[0][0].history
+    assert all(not reused for o in ae.SYMMETRIES[1:] for _, reused in runs[o].results)
+    rows = [row for run in runs.values() for row in run.rows()]
+    assert len(rows) == 8 and all(np.isfinite(r["val_over_mean_layer"]) for r in rows)
+    canonical = runs["canonical"]
+    np.testing.assert_allclose(canonical.reference.flat(), ae.canonical_form(nets[0]).flat())
+    # the option's networks compute the same actions: the mean layer moves, the input networks' actions do not
+    x = states(16)
+    torch.testing.assert_close(ae.stacked_actions(canonical.val.stack, x), ae.stacked_actions(val.stack, x), rtol=1e-4, atol=1e-5)
 
 
 def test_the_flat_form_trains_on_the_shipped_zoo_with_the_default_learning_rate():
