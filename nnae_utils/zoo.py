@@ -270,6 +270,10 @@ class Candidate:
     """For a DAgger student: its teacher's zoo id."""
     distill: Mapping[str, Any] | None = None
     """For a DAgger student: its distillation settings and seed."""
+    learner: str = ""
+    """The TD3 learner that trained the run (``critic 256-256`` ...), read from its provenance."""
+    actor_init_seed: int = -1
+    """>= 0: the run started from the actor this seed draws, shared with other runs."""
 
     @property
     def id(self) -> str:
@@ -283,11 +287,25 @@ class Candidate:
     def provenance(self) -> dict[str, Any]:
         """What ``index.json`` records of where this network comes from."""
         out: dict[str, Any] = {"kind": self.kind, "run": self.run, "step": self.step}
+        if self.learner:
+            out["learner"] = self.learner
+        if self.actor_init_seed >= 0:
+            out["actor_init_seed"] = self.actor_init_seed
         if self.student is None:
             out["selection_return"] = round(float(self.selection_return), 3)
         else:
             out.update(teacher=self.teacher, distill=dict(self.distill or {}))
         return out
+
+
+def run_learner(run_dir: Path) -> tuple[str, int]:
+    """A run's learner (``"td3 critic 256-256"``) and actor_init_seed, from its provenance ("", -1 if unknown)."""
+    path = Path(run_dir) / "provenance.json"
+    if not path.is_file():
+        return "", -1
+    config = json.loads(path.read_text()).get("config", {})
+    critic = "-".join(str(w) for w in config.get("critic_hidden", []))
+    return (f"td3 critic {critic}" if critic else ""), int(config.get("actor_init_seed", -1))
 
 
 def select_candidates(
@@ -304,8 +322,10 @@ def select_candidates(
         if len(rows) > max_per_run:
             picks = np.unique(np.linspace(0, len(rows) - 1, max_per_run).round().astype(int))
             rows = [rows[i] for i in picks]
+        learner, init = run_learner(d)
         chosen += [
-            Candidate(run, int(r.step), float(r.return_mean), d / "snapshots" / f"step_{int(r.step):07d}.safetensors")
+            Candidate(run, int(r.step), float(r.return_mean), d / "snapshots" / f"step_{int(r.step):07d}.safetensors",
+                      learner=learner, actor_init_seed=init)
             for r in rows
         ]
     return chosen
@@ -460,6 +480,8 @@ def split_zoo(
     ``by="network"``: networks are shuffled and split in the same proportions.
     """
     rng = np.random.default_rng(seed)
+    shared = [r for r in records if int(r["provenance"].get("actor_init_seed", -1)) >= 0]
+    records = [r for r in records if int(r["provenance"].get("actor_init_seed", -1)) < 0]
     ids = [r["id"] for r in records]
     if by == "run":
         runs = sorted({int(r["provenance"]["run"]) for r in records})
@@ -488,13 +510,49 @@ def split_zoo(
         runs_of = {s: sorted({int(r["provenance"]["run"]) for r in records if r["id"] in set(splits[s])}) for s in SPLITS}
     else:
         raise ValueError(f"split by 'run' or 'network', got {by!r}")
-    return {"rule": by, "seed": seed, "splits": splits, "runs": runs_of}
+    out = {"rule": by, "seed": seed, "splits": splits, "runs": runs_of}
+    if shared:  # one initialisation, several runs: a study of their own, never in train, validation or test
+        out["shared_init"] = {"ids": [r["id"] for r in shared],
+                              "runs": sorted({int(r["provenance"]["run"]) for r in shared})}
+    return out
+
+
+def run_folds(train_runs: Sequence[int], sizes: Sequence[int], per_size: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+    """Leave-runs-out folds for a learning curve over the number of train runs: for each size ``k``,
+    ``per_size`` subsets of ``k`` train runs drawn with ``seed`` (distinct subsets where there are
+    that many; a size above the number of runs is skipped, and the full set is one fold). Every fold
+    is tested on the same held-out runs (the zoo's validation and test runs).
+
+    Example:
+        >>> folds = run_folds([3, 5, 7, 9], sizes=[2, 4, 8], per_size=3, seed=0)
+        >>> [(f["k"], len(f["runs"])) for f in folds]
+        [(2, 2), (2, 2), (2, 2), (4, 4)]
+        >>> len({tuple(f["runs"]) for f in folds if f["k"] == 2})
+        3
+    """
+    import math
+
+    runs = sorted(int(r) for r in train_runs)
+    rng = np.random.default_rng(seed)
+    folds: list[dict[str, Any]] = []
+    for k in sorted({int(k) for k in sizes}):
+        if not 0 < k <= len(runs):
+            continue
+        want = min(per_size, math.comb(len(runs), k))
+        seen: set[tuple[int, ...]] = set()
+        while len(seen) < want:
+            subset = tuple(sorted(int(x) for x in rng.choice(runs, size=k, replace=False)))
+            if subset not in seen:
+                seen.add(subset)
+                folds.append({"k": k, "fold": len(seen) - 1, "runs": list(subset)})
+    return folds
 
 
 def write_splits(zoo_dir: Path, splits: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``splits.json`` and record each network's split in ``index.json``."""
     zoo_dir = Path(zoo_dir)
     where = {i: s for s, members in splits["splits"].items() for i in members}
+    where.update({i: "shared_init" for i in splits.get("shared_init", {}).get("ids", [])})
     for rec in records:
         rec["provenance"]["split"] = where[rec["id"]]
     write_index(zoo_dir, records)

@@ -245,3 +245,58 @@ def test_replicate_starts_cycle_through_one_seeded_permutation():
     assert starts != zoo.replicate_starts(4, 10, seed=4)
     with pytest.raises(ValueError):
         zoo.replicate_starts(0, 3, seed=0)
+
+
+def test_shared_init_runs_stay_out_of_the_three_splits_and_folds_draw_distinct_subsets():
+    records = [{"id": f"r{r}_{k}", "provenance": {"run": r}} for r in range(6) for k in range(2)]
+    records += [{"id": f"s{r}_{k}", "provenance": {"run": r, "actor_init_seed": 9}} for r in range(60, 63) for k in range(2)]
+    split = zoo.split_zoo(records, by="run", validation=1, test=1, seed=0)
+    in_splits = {i for ids in split["splits"].values() for i in ids}
+    assert in_splits == {r["id"] for r in records[:12]}
+    assert split["shared_init"]["runs"] == [60, 61, 62]
+    folds = zoo.run_folds(split["runs"]["train"], sizes=[1, 2, 4, 8], per_size=3, seed=1)
+    by_k = {}
+    for f in folds:
+        by_k.setdefault(f["k"], set()).add(tuple(f["runs"]))
+        assert set(f["runs"]) <= set(split["runs"]["train"])
+    assert {k: len(v) for k, v in by_k.items()} == {1: 3, 2: 3, 4: 1}  # 4 train runs: one subset of 4, none of 8
+
+
+def test_a_shared_initialisation_starts_runs_from_one_actor_and_a_compacted_run_is_not_retrained(tmp_path):
+    from safetensors.numpy import load_file
+
+    from nnae_utils.td3 import TD3Config, train_td3
+
+    cfgs = [TD3Config(seed=s, total_steps=400, learning_starts=200, eval_every=200, eval_episodes=1, eval_max_steps=30,
+                      checkpoint_every=200, actor_hidden=(8, 8), critic_hidden=(16,), actor_init_seed=5) for s in (1, 2)]
+    for c in cfgs:
+        train_td3(c, tmp_path / f"seed_{c.seed}", progress=False)
+    first = [load_file(tmp_path / f"seed_{s}" / "snapshots" / "step_0000000.safetensors") for s in (1, 2)]
+    last = [load_file(tmp_path / f"seed_{s}" / "snapshots" / "step_0000400.safetensors") for s in (1, 2)]
+    assert all(np.array_equal(first[0][k], first[1][k]) for k in first[0])
+    assert not all(np.array_equal(last[0][k], last[1][k]) for k in last[0])  # every other draw is the run's own
+    unshared = TD3Config(**{**cfgs[0].to_dict(), "actor_init_seed": -1})
+    assert zoo.settings_digest(unshared) != zoo.settings_digest(cfgs[0])
+    curve_before = (tmp_path / "seed_1" / "curve.csv").read_text()
+    assert zoo.compact_finished_run(tmp_path / "seed_1", keep_steps=[200]) == {"removed": 3, "kept_snapshots": 2}  # step 400, checkpoint, buffer
+    again = train_td3(cfgs[0], tmp_path / "seed_1", progress=False)
+    assert again.finished and again.step == 400 and (tmp_path / "seed_1" / "curve.csv").read_text() == curve_before
+    assert not (tmp_path / "seed_1" / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="cannot be extended"):
+        train_td3(TD3Config(**{**cfgs[0].to_dict(), "total_steps": 800}), tmp_path / "seed_1", progress=False)
+    cands = zoo.select_candidates([tmp_path / "seed_1"], threshold=-1e9, min_step=200)
+    assert cands[0].provenance()["learner"] == "td3 critic 16" and cands[0].provenance()["actor_init_seed"] == 5
+
+
+def test_the_growth_plan_reads_and_names_its_learners():
+    plan = zoo.GrowthPlan.read("zoo/growth.yaml")
+    bench = plan.group("c128")
+    configs = plan.configs(bench)
+    assert [c.seed for c in configs] == list(bench.seeds) and configs[0].critic_hidden == (128, 128)
+    assert configs[0].total_steps == plan.step_cap
+    with pytest.raises(ValueError, match="none is chosen"):
+        plan.group("grow")
+    shared = plan.configs(plan.group("shared_init", chosen_critic=[128, 128]))
+    assert len({c.actor_init_seed for c in shared}) == 1 and shared[0].actor_init_seed >= 0
+    every_seed = [s for name in plan.groups for s in plan.group(name, chosen_critic=[64, 64]).seeds]
+    assert len(every_seed) == len(set(every_seed)) and not set(every_seed) & {0, 1, 2, 3}  # the shipped runs' seeds
