@@ -466,7 +466,7 @@ class LatentEvolutionParams(StageParams):
     STAGE: typing.ClassVar[str] = "latent_evolution"
 
     grid: list[str] = field(default_factory=lambda: ["ga/weights", "ga/latent:all", "ga/pca:all", "cma/latent:all"])
-    """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2; weights@<genome> fine-tunes the start network as <genome> decodes it (no scratch runs)."""
+    """Runs to compare, each method/genome: method ga or cma (cma only on the small genomes); genome weights, or latent, pca, random or dct followed by :all, :best or layers such as :0+2, fine-tuning a displacement around the start network held exactly; <genome>~decoded starts from the start network as <genome> decodes it (the papers reading, an ablation; no scratch runs); weights@<genome> fine-tunes that decoded network in weight space (no scratch runs)."""
     starts: list[str] = field(default_factory=lambda: ["finetune"])
     """Start conditions (see START_CONDITIONS): finetune (the held-out test networks), finetune_train (the train runs' snapshots held out of stage 2) and/or scratch (random codes, or random weights)."""
     n_seeds: int = 5
