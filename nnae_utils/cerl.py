@@ -118,7 +118,7 @@ class CERLConfig(evo.GASettings):
     learners, migration and the machine."""
 
     # ---- budget and evaluation
-    budget_steps: int = 100_000
+    budget_steps: int = 40_000
     """Env steps the run is scored at (population fitness, learner exploration and elite re-evaluation episodes);
     generations start while fewer have been spent, so the last one may overrun it."""
     max_steps: int = 1000
@@ -135,6 +135,8 @@ class CERLConfig(evo.GASettings):
     selection: str = "tournament"
     truncation: int = 3
     elite_episodes: int = 1
+    crossover_prob: float = 0.1
+    """Probability that a child is the crossover of two parents (Deep GA's 0 is evolution alone's default)."""
     # ---- the learners (TD3)
     gammas: tuple[float, ...] = (0.99,)
     """Discount rate of each TD3 learner: the portfolio (CERL: 0.9, 0.99, 0.997, 0.9995)."""
@@ -170,13 +172,13 @@ class CERLConfig(evo.GASettings):
     """Critic updates per actor update."""
     exploration_noise: float = 0.1
     """Std of the Gaussian noise on learner actions during their rollouts (clipped to [-1, 1])."""
-    warmup_noise: float = 0.1
+    warmup_noise: float = 1.0
     """Exploration std while the buffer holds fewer than ``learning_starts`` transitions (1.0, clipped, stands in
     for TD3's uniform random warm-up actions when learners start from scratch)."""
     # ---- migration
-    migration_every: int = 5
-    """Generations between two migrations of every learner's actor into the population (CERL: 5)."""
-    probe_episodes: int = 0
+    migration_every: int = 1
+    """Generations between two migrations of every learner's actor into the population (CERL: 5; stage 5: 1)."""
+    probe_episodes: int = 3
     """Fresh episodes (champion_report seeds, not counted) on which a migrant and its decoded code are both
     scored, when the genome's encoding is lossy; 0 measures only the functional distance."""
     # ---- machine

@@ -653,14 +653,45 @@ class CERLParams(StageParams):
     torch_threads: int = 1
     """Torch threads of each run."""
 
+    CONFIG_NAMES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "max_episode_steps": ("max_steps",), "learner_lr": ("actor_lr", "critic_lr")}
+    """Parameters that reach ``CERLConfig`` fields of other names (:meth:`run_config`); every other one
+    reaches the field of its own name, or the notebook (tests/test_parameter_path.py checks both)."""
+
+    def run_config(self, **run: Any) -> Any:
+        """One hybrid run's :class:`nnae_utils.cerl.CERLConfig`: the parameters of the same name
+        (:meth:`settings_for`), those of :data:`CONFIG_NAMES` (``max_episode_steps`` is ``max_steps``,
+        ``learner_lr`` both ``actor_lr`` and ``critic_lr``), then what the run sets itself (``seed``,
+        ``sigma``, ``critic_hidden``, ...). :meth:`validate` builds one, so the algorithm's own checks
+        are the stage's: written once, in ``CERLConfig.__post_init__``.
+
+        Example:
+            >>> P = CERLParams(learner_lr=1e-3, max_episode_steps=500)
+            >>> cfg = P.run_config(sigma=0.2, critic_hidden=(64, 64), physics_threads=1)
+            >>> cfg.actor_lr, cfg.critic_lr, cfg.max_steps, cfg.migration_every, cfg.warmup_noise
+            (0.001, 0.001, 500, 1, 1.0)
+        """
+        from .cerl import CERLConfig
+
+        renamed = {field: getattr(self, name) for name, fields in self.CONFIG_NAMES.items() for field in fields}
+        return self.settings_for(CERLConfig, **{**renamed, **run})
+
     def validate(self) -> None:
-        from .evolution import METHODS, SELECTIONS
+        from .evolution import METHODS
         from .genomes import parse_genome_name
 
-        self._positive("n_seeds", "budget_steps", "max_episode_steps", "pop_size", "tournament_size", "truncation",
-                       "fitness_episodes", "elite_candidates", "elite_episodes", "report_episodes", "mutation_action_change",
-                       "calibration_states", "gammas", "batch_size", "buffer_size", "migration_every", "return_levels",
-                       "finetune_gain", "curve_points", "n_boot", "jobs", "torch_threads", "learner_lr")
+        self._positive("n_seeds", "pop_size", "mutation_action_change", "calibration_states", "return_levels",
+                       "finetune_gain", "curve_points", "n_boot", "jobs")
+        # the algorithm's checks: a hybrid run, and TD3 alone (no population), as the notebook builds them;
+        # the widths, step size and threads stand in for what each run sets (the zoo's critic, calibration)
+        placeholders = {"sigma": 1.0, "critic_hidden": tuple(self.critic_hidden) or (256, 256), "physics_threads": 1}
+        try:
+            self.run_config(**placeholders)
+            if "td3" in self.variants:
+                self.run_config(**placeholders, pop_size=0)
+        except ValueError as exc:  # in the stage's names: "CERLConfig.max_steps must be > 0" -> "max_episode_steps ..."
+            message = str(exc).replace("CERLConfig.max_steps", "max_episode_steps").replace("CERLConfig.", "")
+            raise ParameterError(f"cerl_comparison: {message.replace('CERLConfig: ', '')}") from exc
         if not self.variants or len(set(self.variants)) != len(self.variants):
             raise ParameterError(f"cerl_comparison: variants must list each run once, got {self.variants}")
         for entry in self.variants:
@@ -683,30 +714,10 @@ class CERLParams(StageParams):
                 raise ParameterError(f"cerl_comparison: evolution_alone {self.evolution_alone!r}: {exc}") from exc
         if not self.starts or any(s not in ("finetune", "scratch") for s in self.starts) or len(set(self.starts)) != len(self.starts):
             raise ParameterError(f"cerl_comparison: starts must be a non-empty list of finetune and/or scratch, got {self.starts}")
-        if self.selection not in SELECTIONS:
-            raise ParameterError(f"cerl_comparison: selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.resource_manager not in ("equal", "ucb"):
-            raise ParameterError(f"cerl_comparison: resource_manager must be equal or ucb, got {self.resource_manager!r}")
-        if any(not 0.0 <= g <= 1.0 for g in self.gammas):
-            raise ParameterError(f"cerl_comparison: gammas must lie in [0, 1], got {self.gammas}")
-        if self.critic_hidden and any(h <= 0 for h in self.critic_hidden):
-            raise ParameterError(f"cerl_comparison: critic_hidden must be positive widths (or empty), got {self.critic_hidden}")
-        if self.pop_size < len(self.gammas) + 2:
-            raise ParameterError(f"cerl_comparison: pop_size must be at least the learners + 2 ({len(self.gammas) + 2}): "
-                                 "an elite, a child and one slot per migrant")
-        if self.truncation > self.pop_size or self.elite_candidates > self.pop_size:
-            raise ParameterError("cerl_comparison: truncation and elite_candidates must not exceed pop_size")
-        self._fraction("crossover_prob", closed_high=True)
-        for name in ("learner_episodes", "learning_starts", "probe_episodes", "physics_threads"):
-            if getattr(self, name) < 0:
-                raise ParameterError(f"cerl_comparison: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("ucb_c", "updates_per_step", "exploration_noise", "warmup_noise"):
-            if getattr(self, name) < 0:
-                raise ParameterError(f"cerl_comparison: {name} must be >= 0, got {getattr(self, name)}")
+        if self.physics_threads < 0:  # 0: every core, for evolution alone (a hybrid run takes 1)
+            raise ParameterError(f"cerl_comparison: physics_threads must be >= 0, got {self.physics_threads}")
         if self.ae_form not in ("flat", "token") or self.best_layer < -1:
             raise ParameterError("cerl_comparison: ae_form must be flat or token, best_layer >= -1")
-        if "td3" in self.variants and self.learner_episodes == 0:
-            raise ParameterError("cerl_comparison: td3 alone needs learner_episodes > 0 to gather any data")
         self._check_shown_beside()
         if self.n_seeds > 80:
             raise ParameterError("cerl_comparison: at most 80 seeds (the evolution_fitness seed range holds 80 replicate blocks)")
