@@ -385,13 +385,17 @@ class LayerAEConfig:
     @property
     def name(self) -> str:
         """A readable id, e.g. ``layer1_flat_functional_k416`` (``..._k416_augment`` under a symmetry option
-        other than none; 'none' keeps the name, hence the seeds, it had before the option existed)."""
+        other than none)."""
         base = f"layer{self.layer}_{self.form}_{self.loss}_k{self.latent}"
         return base if self.symmetry == "none" else f"{base}_{self.symmetry}"
 
     def derived_seed(self) -> int:
-        """A seed distinct for each (seed, layer, form, loss, latent): runs never share minibatch draws by accident."""
-        return (self.seed * 1_000_003 + zlib.crc32(self.name.encode())) % (2**31)
+        """A seed distinct for each (seed, layer, form, loss, latent): runs never share minibatch draws by accident.
+        The symmetry option is left out: every option starts from the same initialisation and draws the same
+        minibatches (augment also draws its permutations, which shifts its later draws), so options differ
+        by how they treat the symmetry alone, and 'none' and 'align' train as they did before the option existed."""
+        base = f"layer{self.layer}_{self.form}_{self.loss}_k{self.latent}"
+        return (self.seed * 1_000_003 + zlib.crc32(base.encode())) % (2**31)
 
 
 # --------------------------------------------------------------------------- the models

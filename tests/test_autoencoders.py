@@ -4,6 +4,7 @@ Every test builds a synthetic zoo (``Network.random`` plus per-snapshot perturba
 needs stage 1's artifacts.
 """
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -519,6 +520,7 @@ def test_every_symmetry_option_trains_a_tiny_autoencoder_on_held_out_runs(symmet
     rows = ae.symmetry_rows(symmetry, [result], train, val)
     assert len(rows) == 1 and rows[0]["symmetry"] == symmetry and np.isfinite(rows[0]["val_over_mean_layer"])
     assert cfg.name == "layer1_flat_functional_k4" + ("" if symmetry == "none" else f"_{symmetry}")
+    assert cfg.derived_seed() == replace(cfg, symmetry="none").derived_seed()  # every option starts alike
     if symmetry == "augment":  # the same data and seed without augmentation trains another model
         plain = ae.train_layer_autoencoder(tiny_config(layer=1, networks_per_batch=4), train, val)
         assert plain.history[0]["train_objective"] != result.history[0]["train_objective"]
