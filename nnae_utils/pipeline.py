@@ -412,7 +412,8 @@ def assemble_book(run_dir: Path) -> Path:
         if stage.name not in in_toc:
             continue
         if stage.name in ran:
-            _copy_for_book(run_dir / "executed" / f"{stage.folder}.ipynb", src / "notebooks" / f"{stage.folder}.ipynb")
+            executed = run_dir / "executed" / f"{stage.folder}.ipynb"
+            _copy_for_book(executed, src / "notebooks" / f"{stage.folder}.ipynb", chapter_opener(stage, executed))
         else:
             log.warning("the book leaves out stage %s: %s has no executed notebook", stage.name, run_dir)
             _toc_remove(toc, f"notebooks/{stage.folder}")
@@ -422,6 +423,7 @@ def assemble_book(run_dir: Path) -> Path:
 
     profile = profile_of_run(run_dir)
     (generated / "findings.md").write_text(findings_markdown(run_dir, status, profile))
+    (generated / "glance.md").write_text(glance_markdown(run_dir, status, profile))
     (generated / "stage_map.md").write_text(stage_map_markdown(status))
     (generated / "run_times.md").write_text(run_times_table(run_dir, profile))
     (generated / "profiles.md").write_text(profiles_table())
@@ -458,19 +460,78 @@ def _toc_remove(toc: Any, file: str) -> None:
         toc["parts"] = [p for p in toc["parts"] if p.get("chapters")]
 
 
-def _copy_for_book(executed: Path, destination: Path) -> None:
-    """Copy an executed notebook, folding away its parameter cells: the book shows the injected
-    values this run used behind a toggle, and drops the notebook's defaults."""
+LONG_TABLE_ROWS = 15
+"""A code cell whose only output is a table of more rows than this is folded in the book too."""
+
+
+def _book_tags(cell: Any) -> list[str]:
+    """The book's tags for one code cell of an executed notebook: its code behind a toggle
+    (``hide-input``); a cell that only glues numbers for the text, or keeps the stage's books,
+    without its code (``remove-input``), and its printed bookkeeping folded (``hide-output``); a
+    cell whose output is a long table, folded."""
+    tags = list(cell.metadata.get("tags", []))
+    if "parameters" in tags:
+        return ["remove-cell"]  # the notebook's defaults: the injected cell holds this run's values
+    if "injected-parameters" in tags:
+        return ["hide-input"]
+    outputs = [o for o in cell.get("outputs", []) if "scrapbook" not in o.get("metadata", {})]
+    data = [o.get("data", {}) for o in outputs]
+    rich = any(k.startswith("image/") or k in ("text/html", "application/vnd.jupyter.widget-view+json")
+               for d in data for k in d)
+    new = []
+    if "glue(" in cell.source and not rich:
+        new.append("remove-input")
+        if outputs:
+            new.append("hide-output")
+    else:
+        new.append("hide-input")
+        tables = [d["text/html"] for d in data if "text/html" in d]
+        html = "".join(t if isinstance(t, str) else "".join(t) for t in tables)
+        if (tables and not any(k.startswith("image/") for d in data for k in d)
+                and html.count("<tr") > LONG_TABLE_ROWS + 1):
+            new.append("hide-output")
+    return [t for t in new if t not in tags]
+
+
+def _copy_for_book(executed: Path, destination: Path, opener: str | None = None) -> None:
+    """Copy an executed notebook for the book: code cells folded (:func:`_book_tags`; the
+    parameters cell dropped, the injected values this run used kept behind a toggle), and
+    ``opener``, the chapter's question and answer, put right under its title."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
     for cell in nb.cells:
-        tags = cell.metadata.setdefault("tags", [])
-        if "parameters" in tags:
-            tags.append("remove-cell")
-        elif "injected-parameters" in tags:
-            tags.append("hide-input")
+        if cell.cell_type == "code":
+            tags = cell.metadata.setdefault("tags", [])
+            tags.extend(_book_tags(cell))
+    if opener and nb.cells and nb.cells[0].cell_type == "markdown":
+        title, _, rest = nb.cells[0].source.lstrip().partition("\n")
+        if title.startswith("# "):
+            nb.cells[0].source = f"{title}\n\n{opener.strip()}\n\n{rest.lstrip()}"
+        else:
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(opener.strip()))
     nbformat.write(nb, destination)
+
+
+OPENERS = PROJECT_ROOT / "book" / "openers"
+"""``stage<N>.md``: the question and answer that open stage N's chapter (see its README)."""
+
+
+def chapter_opener(stage: Stage, executed: Path) -> str | None:
+    """The admonition that opens the stage's chapter, its numbers glued from the same notebook;
+    ``None`` if the stage has none."""
+    template = OPENERS / f"stage{stage_number(stage)}.md"
+    if not template.is_file():
+        return None
+    text = template.read_text()
+    wanted = set(re.findall(r"\{glue:text\}`([A-Za-z0-9_]+)`", text))
+    missing = wanted - glue_keys(executed)
+    if missing:
+        raise PipelineError(
+            f"book/openers/stage{stage_number(stage)}.md pastes {sorted(missing)}, which {stage.notebook} no "
+            "longer glues; update the page or the notebook"
+        )
+    return text
 
 
 def glue_keys(notebook: Path) -> set[str]:
@@ -551,6 +612,37 @@ def findings_markdown(run_dir: Path, status: Mapping[str, str], profile: str | N
     return "\n\n".join(parts) + "\n"
 
 
+def glance_markdown(run_dir: Path, status: Mapping[str, str], profile: str | None) -> str:
+    """The landing page's "results at a glance" table (``book/findings/glance.md``): each row's
+    cells glued from the stages it names; a row whose stages are not chapters of this book says so."""
+    template = PROJECT_ROOT / "book" / "findings" / "glance.md"
+    if not template.is_file():
+        return ""
+    by_number = {stage_number(s): s for s in STAGES}
+    rows = []
+    for line in template.read_text().strip().splitlines():
+        numbers = {int(n) for n in re.findall(r"@(?:STAGE|CHAPTER)(\d+)@", line)}
+        stages = [by_number.get(n) for n in sorted(numbers)]
+        if any(s is None or status.get(s.name) != "chapter" for s in stages):
+            cells = line.strip().strip("|").split("|")
+            question = re.sub(r"\s*\(\{doc\}`[^`]*`\)", "", cells[0]).strip()  # no link to a missing chapter
+            rows.append(f"| {question} | not computed for this book |" + " |" * (len(cells) - 2))
+            continue
+        for stage in stages:
+            source = f"/notebooks/{stage.folder}.ipynb"
+            line = (line.replace(f"@STAGE{stage_number(stage)}@", source)
+                    .replace(f"@CHAPTER{stage_number(stage)}@", f"/notebooks/{stage.folder}"))
+            wanted = set(re.findall(r"\{glue:text\}`" + re.escape(source) + r"::([A-Za-z0-9_]+)(?::[^`]*)?`", line))
+            missing = wanted - glue_keys(run_dir / "executed" / f"{stage.folder}.ipynb")
+            if missing:
+                raise PipelineError(
+                    f"book/findings/glance.md pastes {sorted(missing)}, which {stage.notebook} no longer glues; "
+                    "update the page or the notebook"
+                )
+        rows.append(line.replace("@PROFILE@", f"`{profile}`" if profile else "custom"))
+    return "\n".join(rows) + "\n"
+
+
 def _profile_note(run_dir: Path, profile: str | None) -> str:
     if profile is None:
         return (":::{note}\nThis book was built from the run folder `" + run_dir.name + "`, computed with "
@@ -613,129 +705,20 @@ def run_times_table(run_dir: Path, profile: str | None = None) -> str:
 BENCHMARK_RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 
 
-def _read_result(name: str) -> dict | None:
-    path = BENCHMARK_RESULTS / name
-    return json.loads(path.read_text()) if path.is_file() else None
+BENCHMARKS_PAGE = PROJECT_ROOT / "book" / "_ext" / "benchmarks_page.py"
+"""Writes the Benchmarks page's prose and tables; kept out of the package so that editing it leaves the stage caches valid."""
 
 
 def benchmarks_markdown(figures: Path) -> str:
-    """The book's page of committed benchmark results (``benchmarks/results``), read when the book
-    is built; a figure a benchmark drew is copied into ``figures``. A benchmark with no committed
-    result says so."""
-    out: list[str] = []
-    missing = "_No committed result: run the command above._\n"
+    """The book's page of committed benchmark results (``BENCHMARK_RESULTS``), read when the book
+    is built by ``book/_ext/benchmarks_page.py``; a figure a benchmark drew is copied into
+    ``figures``. A benchmark with no committed result says so."""
+    import importlib.util
 
-    def fmt_ci(ci) -> str:
-        return f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "n/a"
-
-    out.append("## Our TD3 against stable-baselines3\n\n`python benchmarks/td3_vs_sb3.py && python benchmarks/td3_vs_sb3.py --report`\n")
-    td3 = _read_result("td3_vs_sb3/summary.json")
-    if td3 and td3.get("implementations"):
-        state = "complete" if td3.get("complete") else "**not complete**: some runs had not reached their last step"
-        out.append(f"Same hyperparameters, sizes, seeds and evaluation (see `benchmarks/README.md`); {state}.\n")
-        out.append("| implementation | seeds | last step | final return (mean of last 5 evaluations), mean over seeds [95% CI] | area under curve / steps [95% CI] |")
-        out.append("|---|---|---|---|---|")
-        for impl, r in td3["implementations"].items():
-            fr, auc = r["final_return"], r["auc_mean_return"]
-            out.append(f"| {impl} | {len(r['seeds'])} | {min(r['last_step'].values()):,} | {fr['mean']:.0f} {fmt_ci(fr['ci95'])} "
-                       f"| {auc['mean']:.0f} {fmt_ci(auc['ci95'])} |")
-        for metric, d in td3.get("ours_minus_sb3", {}).items():
-            out.append(f"\nOurs minus SB3, {metric.replace('_', ' ')}: {d['difference_of_means']:+.0f} "
-                       f"(95% bootstrap CI {fmt_ci(d['ci95'])}, Welch's t-test p = {d['welch_t_test_p']:.2f}, seeds {d['n']}).")
-        if "speed_ratio_ours_over_sb3_in_run" in td3:
-            out.append(f"\nUpdates per second, ours / SB3, in the same run: {td3['speed_ratio_ours_over_sb3_in_run']:.2f}.")
-        png = BENCHMARK_RESULTS / "td3_vs_sb3" / "curves.png"
-        if png.is_file():
-            shutil.copy2(png, figures / "td3_vs_sb3.png")
-            out.append("\n```{figure} _generated/td3_vs_sb3.png\n:name: fig-td3-vs-sb3\n\nIn-training return (5 episodes on the run's "
-                       "selection seeds, every 5k steps) of our TD3 (left) and stable-baselines3's (right), per seed and "
-                       "their mean.\n```\n")
-    else:
-        out.append(missing)
-
-    out.append("\n## Batched Hopper-v5 rollouts\n\n`python benchmarks/rollouts.py`\n")
-    roll = _read_result("rollouts.json")
-    if roll:
-        out.append("Environment steps per second of `rollouts.evaluate` over raw MuJoCo stepping (the physics "
-                   "limit) and over gymnasium's `SyncVectorEnv`, same run (exact equality with gymnasium's Hopper-v5 "
-                   "is a test, not a benchmark: `tests/test_rollouts.py`).\n")
-        out.append("| cores | policies | ours / raw physics | ours / SyncVectorEnv |\n|---|---|---|---|")
-        out += [f"| {r['cores']} | {r['P']} | {r['ours/raw']:.2f} | {r['ours/sync']:.2f} |" for r in roll["ratios"]]
-    else:
-        out.append(missing)
-
-    out.append("\n## What a zoo network costs\n\n`python benchmarks/td3_cost.py`, `python benchmarks/distill_cost.py`\n")
-    cost = _read_result("td3_cost.json")
-    if cost:
-        out.append("TD3 update throughput per core against the zoo's learner (actor 64-64, critic 256-256), same run; "
-                   "core-hours to the bar only where a measured learning curve exists.\n")
-        out.append("| candidate | updates / CPU-s vs baseline | core-hours to the bar |\n|---|---|---|")
-        for c in cost["candidates"]:
-            hours = f"{c['core_hours_to_bar']:.2f}" if c.get("core_hours_to_bar") is not None else "unmeasured"
-            out.append(f"| {c['description']} | {c['ratio_vs_baseline_cpu_median_round']:.2f} | {hours} |")
-    distill = _read_result("distill_cost.json")
-    if distill:
-        out.append(f"\nDAgger students of snapshots scoring {distill['teacher_min_return']:.0f} or more: "
-                   f"{distill['student_cpu_s_mean']:.1f} CPU-s each, {distill['student_share_at_or_above_bar']:.0%} of "
-                   f"{len(distill['students'])} at or above {distill['bar']:.0f} (median {distill['student_return_median']:.0f}); "
-                   f"{distill['cpu_s_per_admitted_student']:.0f} CPU-s per admitted student against at least "
-                   f"{distill['cpu_s_per_td3_candidate_lower_bound']:.0f} per TD3 candidate snapshot past the bar: "
-                   f"{distill['td3_over_student_cost']:.1f}x cheaper.")
-    if not cost and not distill:
-        out.append(missing)
-
-    out.append("\n## DAgger students against snapshots, in weight space\n\n`python benchmarks/students_vs_snapshots.py`\n")
-    far = _read_result("students_vs_snapshots.json")
-    if far:
-        out.append(f"Relative distance per layer, ||W - W_teacher|| / ||W_teacher||, from a snapshot returning "
-                   f"{far['teacher_return']:.0f} ({far['teacher']}), raw and after weight matching (the other network's "
-                   "hidden units reordered to best match the teacher's). The shipped zoo has no students for this reason "
-                   "(see the Reproduce page).\n")
-        out.append("| network | return | raw (layers 0, 1, 2) | matched (layers 0, 1, 2) |\n|---|---|---|---|")
-        out += [f"| {r['network']} | {r['return']:.0f} | {', '.join(f'{x:.2f}' for x in r['raw'])} "
-                f"| {', '.join(f'{x:.2f}' for x in r['matched'])} |" for r in far["rows"]]
-    else:
-        out.append(missing)
-
-    out.append("\n## The functional loss\n\n`python benchmarks/functional_loss.py`\n")
-    loss = _read_result("functional_loss.json")
-    if loss:
-        ceiling = loss.get("matmul_ceiling") or [{}]
-        out.append(f"Networks x states per second of the batched loss over a per-network loop ({loss['primary']['case']}): "
-                   f"**{loss['primary']['speedup']:.1f}x**, against a goal of {loss['goal_speedup']:.0f}x. The same "
-                   f"matrix products, batched against looped, gain {ceiling[0].get('ratio', float('nan')):.2f}x: on one CPU "
-                   "thread there is little more to win.")
-    else:
-        out.append(missing)
-
-    out.append("\n## Training with the functional loss: learning rate and variants\n\n"
-               "`python benchmarks/functional_loss_training.py --layer 1 --steps 1500`\n")
-    runs = [(name, _read_result(name)) for name in sorted(p.name for p in BENCHMARK_RESULTS.glob("functional_loss_training_layer*.json"))]
-    runs = [(name, r) for name, r in runs if r]
-    if runs:
-        out.append("The flat (paper's) autoencoder of one layer of the default run's zoo at 10x, trained with one variant "
-                   "changed at a time (same minibatches, states and number of Adam steps; lr 1e-3 unless named). Functional "
-                   "loss at the last step on the train networks, on held-out snapshots of the train runs and on the "
-                   "validation run, beside the mean layer's; the share of the policy's hidden units the decoded layer "
-                   "leaves dead, and of the autoencoder's own ELU units that are saturated (see the method page).\n")
-        for name, r in runs:
-            mean = r["mean_layer"]
-            layer = r["rows"][0]["layer"]
-            steps = r["rows"][0]["curve"][-1]["step"]
-            out.append(f"\n`{name}`: layer {layer}, {steps:,} steps; mean layer: train {mean['train']:.2f}, "
-                       f"held-out {mean['held']:.2f}, validation {mean['val']:.2f}. Command: `{r['command']}`.\n")
-            out.append("| form | variant | train | held-out | validation | weight MSE (train) | policy units dead | AE units saturated |")
-            out.append("|---|---|---|---|---|---|---|---|")
-            for row in r["rows"]:
-                saturated = row.get("autoencoder_saturated")
-                dead = row["dead_share_train"]
-                out.append(f"| {row['form']} | {row['variant']} | {row['train_functional']:.3f} | {row['held_functional']:.3f} "
-                           f"| {row['val_functional']:.3f} | {row['train_weight_mse']:.3g} "
-                           f"| {'n/a' if dead != dead else f'{dead:.0%}'} "
-                           f"| {'not measured' if saturated is None else f'{saturated:.0%}'} |")
-    else:
-        out.append(missing)
-    return "\n".join(out) + "\n"
+    spec = importlib.util.spec_from_file_location("nnae_book_benchmarks_page", BENCHMARKS_PAGE)
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    return page.markdown(BENCHMARK_RESULTS, figures)
 
 
 def profiles_table() -> str:

@@ -3,7 +3,10 @@
 // 127.0.0.1, and reports (JSON on stdout) what a reader's browser would have got wrong:
 // console errors, uncaught exceptions, failed requests, requests to any other host (blocked, as
 // an offline reader's browser would fail them), images that did not load, internal links to a
-// missing page or anchor, and saved widgets that did not render. Saves screenshots.
+// missing page or anchor, and saved widgets that did not render; on a chapter (notebooks/*.html), code
+// cells shown without a click (the book folds them); on the landing page, a missing or incomplete
+// "results at a glance" table (every row links to its chapter). Records each page's height at
+// 1280 px wide. Saves screenshots.
 //
 // Driven by tests/test_book_browser.py; usable alone, e.g. on the default profile's book:
 //   node tests/book_browser_check.cjs --root _build/html --chromium /usr/bin/chromium \
@@ -125,9 +128,18 @@ function inspect() {
     .concat([...document.querySelectorAll("a[name]")].map((e) => e.getAttribute("name")));
   const links = [...document.querySelectorAll("a[href]")].map((a) => a.href);
   const mathjax = document.querySelectorAll("mjx-container").length;
+  // code a reader sees without a click: a cell's input outside a closed <details> (hide-input)
+  const codeCells = [...document.querySelectorAll(".cell .cell_input")];
+  const visibleCode = codeCells.filter((c) => !c.closest("details:not([open])")).length;
+  const glance = document.querySelector("#results-at-a-glance table");
+  const glanceRows = glance ? [...glance.querySelectorAll("tbody tr")] : [];
+  const glanceLinks = glanceRows.flatMap((r) => [...r.querySelectorAll("a[href]")].map((a) => a.href));
   const unrenderedMath = document.querySelectorAll(".math:not(:has(mjx-container))").length;
   return { title: document.title, views: views.length, viewsWithState: withState.length, rendered: rendered.length,
-           controls, images, ids, links, mathjax, unrenderedMath, hasWidgetState: !!state };
+           controls, images, ids, links, mathjax, unrenderedMath, hasWidgetState: !!state,
+           codeCells: codeCells.length, visibleCode, glanceRows: glanceRows.length, glanceLinks,
+           glanceRowsWithoutLink: glanceRows.filter((r) => !r.querySelector("a[href]")).length,
+           height: document.documentElement.scrollHeight };
 }
 
 async function main() {
@@ -188,10 +200,28 @@ async function main() {
       }
       if (info.unrenderedMath > 0) current.problems.push(`${info.unrenderedMath} math element(s) not typeset by MathJax`);
       for (const href of info.links) allLinks.push({ from: rel, href });
+      if (rel.startsWith("notebooks/") && info.visibleCode > 0) {
+        current.problems.push(`${info.visibleCode} of ${info.codeCells} code cells are shown without a click (the book folds them)`);
+      }
+      if (rel === "book/intro.html") {
+        if (info.glanceRows === 0) current.problems.push("the landing page has no results-at-a-glance table");
+        if (info.glanceRowsWithoutLink > 0) {
+          current.problems.push(`${info.glanceRowsWithoutLink} row(s) of the results-at-a-glance table link to no section`);
+        }
+        for (const href of info.glanceLinks) {
+          const url = new URL(href);
+          const target = decodeURIComponent(url.pathname).replace(/^\//, "");
+          if (url.origin !== origin || !fs.existsSync(path.join(args.root, target))) {
+            current.problems.push(`results-at-a-glance link does not resolve in the book: ${href}`);
+          }
+        }
+      }
       Object.assign(current, { title: info.title, widgetViews: info.viewsWithState, widgetsRendered: info.rendered,
                                widgetControls: info.controls, images: info.images.length,
                                uncaptionedFigures: info.images.filter((i) => i.output && !i.captioned).map((i) => i.src),
-                               math: info.mathjax, seconds: (Date.now() - t0) / 1000 });
+                               math: info.mathjax, codeCells: info.codeCells, visibleCodeCells: info.visibleCode,
+                               glanceRows: info.glanceRows, glanceLinks: info.glanceLinks.length,
+                               height: info.height, seconds: (Date.now() - t0) / 1000 });
       if (rel === "index.html" || rel === "book/intro.html") {
         // what a reader sees first: the top of the landing page, and the whole of it
         if (args.shots && rel === "book/intro.html") {

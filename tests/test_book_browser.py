@@ -5,8 +5,11 @@ downloads no browser) loads every HTML page of the book from a local HTTP server
 fails the test on: console errors and uncaught exceptions, failed requests, any request to another
 host (blocked, as it would fail for an offline reader), images that did not load, internal links to
 a missing page or anchor, math that MathJax did not typeset, and saved widgets that did not render.
-On the explorer's page (stage 3's chapter) its widget controls must be there. The landing page and
-the explorer are saved as screenshots under ``runs/test-artifacts/``.
+On the explorer's page (stage 3's chapter) its widget controls must be there. Every chapter's code
+cells are folded (none shown without a click), and the landing page opens with its "results at a
+glance" table, one row per question, each row linking to a page of the book that exists. The
+landing page and the explorer are saved as screenshots under ``runs/test-artifacts/``, and each
+page's height at 1280 px wide is written to ``runs/test-artifacts/page-heights.txt``.
 
 The check itself is ``tests/book_browser_check.cjs`` (it also runs alone, e.g. on the default
 profile's book). Without Chromium the test is skipped, except under CI (``CI=true``), where a
@@ -88,12 +91,21 @@ def test_every_page_of_the_smoke_book_works_offline_in_chromium(smoke_book, caps
         print(f"[book browser check] report: {report_file}")
         if uncaptioned:
             print(f"[book browser check] figures without a caption: {uncaptioned}")
+    heights = ARTIFACTS / "page-heights.txt"
+    heights.write_text("".join(f"{p['page']}\t{p.get('height')}\n" for p in report["pages"]))
 
     assert not report["problems"], "the book has problems in a browser:\n" + "\n".join(report["problems"][:60])
     assert not uncaptioned, f"every figure a notebook draws has a caption (mystnb figure metadata); without: {uncaptioned}"
     for page in ["index.html", "book/intro.html", "book/reproduce.html", "book/api/index.html", "notebooks/01_data.html"]:
         assert page in pages, page
     assert "landing" in report["screenshots"] and Path(report["screenshots"]["landing"]).is_file()
+    landing = next(p for p in report["pages"] if p["page"] == "book/intro.html")
+    chapters = [s for s in STAGES if (html / "notebooks" / f"{s.folder}.html").is_file()]
+    questions = len((PROJECT_ROOT / "book" / "findings" / "glance.md").read_text().strip().splitlines()) - 2
+    assert landing["glanceRows"] == questions and landing["glanceLinks"] >= questions, landing
+    for stage in chapters:
+        chapter = next(p for p in report["pages"] if p["page"] == f"notebooks/{stage.folder}.html")
+        assert chapter["codeCells"] > 0 and chapter["visibleCodeCells"] == 0, chapter
     if explorer:
         explorer_report = next(p for p in report["pages"] if p["page"] == explorer)
         assert explorer_report["widgetControls"] > 0 and explorer_report["widgetsRendered"] > 0

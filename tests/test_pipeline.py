@@ -93,6 +93,36 @@ def test_book_builds_from_smoke_outputs_with_warnings_as_errors(smoke_book):
     chapter = (html / "notebooks" / "01_data.html").read_text()
     assert "What this stage found" in chapter and "networks from" in chapter
     assert "01_data" in (html / "book" / "reproduce.html").read_text()  # measured run times table
+    assert "The question, and this run's answer" in chapter  # the chapter opens with its question
+    assert "Results at a glance" in (html / "book" / "intro.html").read_text()
+    assert (html / "book" / "limitations.html").is_file()
+
+
+def test_book_folds_code_cells_glue_cells_and_long_tables():
+    """The book's copy of an executed notebook: code behind a toggle, glue cells without their code,
+    a long table folded; the parameters cell dropped."""
+    import nbformat
+
+    from nnae_utils.pipeline import LONG_TABLE_ROWS, _book_tags
+
+    def cell(source, outputs=(), tags=()):
+        c = nbformat.v4.new_code_cell(source)
+        c.outputs = [nbformat.from_dict(o) for o in outputs]
+        c.metadata["tags"] = list(tags)
+        return c
+
+    table = "<table>" + "<tr><td>1</td></tr>" * (LONG_TABLE_ROWS + 5) + "</table>"
+    html_out = {"output_type": "display_data", "data": {"text/html": table, "text/plain": "t"}, "metadata": {}}
+    printed = {"output_type": "stream", "name": "stdout", "text": "stage artifacts: ..."}
+    glued = {"output_type": "display_data", "data": {"text/plain": "'3'"},
+             "metadata": {"scrapbook": {"name": "n_runs", "mime_prefix": ""}}}
+    assert _book_tags(cell("x = 1", tags=["parameters"])) == ["remove-cell"]
+    assert _book_tags(cell("x = 2", tags=["injected-parameters"])) == ["hide-input"]
+    assert _book_tags(cell("fig = plot()")) == ["hide-input"]
+    assert _book_tags(cell("frame", [html_out])) == ["hide-input", "hide-output"]
+    assert _book_tags(cell('glue("n_runs", "3", display=False)\nprint(1)', [glued, printed])) == ["remove-input", "hide-output"]
+    assert _book_tags(cell('glue("n_runs", "3", display=False)', [glued])) == ["remove-input"]
+    assert _book_tags(cell('glue("n_runs", "3", display=False)\nframe', [glued, html_out])) == ["hide-input", "hide-output"]
 
 
 @pytest.mark.parametrize(
@@ -215,3 +245,14 @@ def test_a_stage_kernels_environment_gives_numpy_the_avx2_kernels(monkeypatch):
 
     capped = probe(kernel_environment())
     assert capped == (probe({"OPENBLAS_CORETYPE": "Haswell"})[0], False)
+
+
+def test_book_glance_table_says_which_questions_this_book_cannot_answer(tmp_path):
+    """A row of the landing page's results-at-a-glance table whose stage is not a chapter of the
+    book says so, and links to no missing chapter."""
+    from nnae_utils.pipeline import glance_markdown
+
+    table = glance_markdown(tmp_path, {s.name: "not run" for s in STAGES}, None)
+    rows = table.strip().splitlines()[2:]
+    assert rows and all("not computed for this book" in row for row in rows)
+    assert "{doc}" not in table and "@" not in table
