@@ -50,7 +50,7 @@ import pandas as pd
 
 from . import autoencoders as ae
 from .io import jsonable
-from .policies import Network, NetworkSpec, save_network, write_index
+from .policies import Network, NetworkSpec, action_distance, save_network, write_index
 from .rollouts import evaluate
 from .stats import ratio_interval
 
@@ -375,13 +375,6 @@ def input_trajectories(inputs: Sequence[Network], seed: int, *, max_steps: int =
     return [res.observations[owner == p] for p in range(len(inputs))]
 
 
-def action_distance(a: Network, b: Network, states: np.ndarray) -> float:
-    """Mean over states of the L2 distance between two networks' actions (the functional loss's measure)."""
-    if len(states) == 0:
-        return float("nan")
-    return float(np.linalg.norm(a.act(states).astype(np.float64) - b.act(states), axis=-1).mean())
-
-
 def score_frame(jobs: Sequence[DecodeJob], inputs: Mapping[str, int], scores: PairedScores,
                 trajectories: Sequence[np.ndarray] | None = None, input_networks: Sequence[Network] | None = None) -> pd.DataFrame:
     """One row per decoded network: its variant's columns, its source's and its own returns.
@@ -403,7 +396,7 @@ def score_frame(jobs: Sequence[DecodeJob], inputs: Mapping[str, int], scores: Pa
             "input_episodes": inp, "decoded_episodes": dec,
         }
         if trajectories is not None and input_networks is not None:
-            row["action_distance"] = action_distance(input_networks[i], job.network, trajectories[i])
+            row["action_distance"] = float(action_distance([input_networks[i]], [job.network], trajectories[i])[0])
         rows.append(row)
     return pd.DataFrame(rows)
 

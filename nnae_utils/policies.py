@@ -325,6 +325,28 @@ def stack_params(networks: Sequence[Network]) -> tuple[NetworkSpec, dict[str, np
     return spec, {name: np.stack([n.params[name] for n in networks]) for name in spec.tensor_shapes()}
 
 
+def action_distance(parents: Sequence[Network], children: Sequence[Network], states: np.ndarray) -> np.ndarray:
+    """Per pair ``(parents[i], children[i])``, the mean over ``states`` of the L2 distance between the two
+    networks' actions: the paper's functional loss, which measures a mutation (parent and child), a
+    decoded network (input and decoded) or a migrant (actor and its decoded code). NaN without states.
+
+    Example:
+        >>> spec = NetworkSpec(11, 3, (8,))
+        >>> a, b = Network.random(spec, seed=0), Network.random(spec, seed=1)
+        >>> states = np.zeros((4, 11), np.float32)
+        >>> d = action_distance([a, a], [a, b], states)
+        >>> float(d[0]), bool(d[1] > 0), action_distance([a], [b], states[:0])
+        (0.0, True, array([nan]))
+    """
+    if len(states) == 0:
+        return np.full(len(parents), np.nan)
+    spec, pa = stack_params(list(parents))
+    _, ch = stack_params(list(children))
+    x = np.broadcast_to(np.asarray(states, np.float32), (len(parents), *np.shape(states)))
+    ya, yc = forward(spec, pa, x), forward(spec, ch, x)
+    return np.linalg.norm(yc.astype(np.float64) - ya, axis=-1).mean(axis=-1)
+
+
 # --------------------------------------------------------------------------- index.json
 
 

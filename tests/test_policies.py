@@ -153,3 +153,25 @@ def test_index_round_trip_and_checks(tmp_path):
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(NetworkFormatError, match="not valid JSON"):
         read_index(tmp_path)
+
+
+def test_action_distance_is_the_mean_l2_of_each_pairs_actions_and_the_one_genomes_uses():
+    """policies.action_distance is the one home (decoded's single-pair copy is gone); genomes still has a
+    copy of the same code (issue 28: its owner replaces it by an import), which must give the same bits."""
+    import doctest
+
+    from nnae_utils import genomes, policies
+    from nnae_utils.policies import action_distance
+
+    rng = np.random.default_rng(0)
+    for spec in SPECS:
+        parents = [Network.random(spec, seed=s) for s in range(3)]
+        children = [Network.random(spec, seed=10 + s) for s in range(3)]
+        states = rng.normal(size=(50, spec.obs_dim)).astype(np.float32)
+        got = action_distance(parents, children, states)
+        by_hand = [np.linalg.norm(c.act(states).astype(np.float64) - p.act(states), axis=-1).mean()
+                   for p, c in zip(parents, children)]
+        assert got.tolist() == by_hand
+        assert got.tolist() == genomes.action_distance(parents, children, states).tolist()
+    assert np.isnan(action_distance(parents, children, states[:0])).all()
+    assert doctest.testmod(policies, raise_on_error=False).failed == 0
