@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import backends
+from .io import write_json
 from .policies import Network, load_network, read_index, save_network, write_index
 from .rollouts import evaluate
 from .seeds import eval_seeds
@@ -556,9 +557,7 @@ def write_splits(zoo_dir: Path, splits: Mapping[str, Any], records: Sequence[Map
     for rec in records:
         rec["provenance"]["split"] = where[rec["id"]]
     write_index(zoo_dir, records)
-    path = zoo_dir / SPLITS_FILE
-    path.write_text(json.dumps(splits, indent=1))
-    return path
+    return write_json(zoo_dir / SPLITS_FILE, splits)
 
 
 @dataclass
