@@ -6,10 +6,15 @@ gradient descent on a **shared replay buffer** that every rollout fills, the pop
 included; every few generations the learners' actors **migrate** into the population, replacing
 its weakest members, so evolution can build on what gradients found. Here the GA can work in
 weight space or in any genome of :mod:`nnae_utils.genomes`, the autoencoders' latent space in
-particular: a migrating actor then enters the population as ``genome.encode(actor)``, which
-decodes to a network close to, but not equal to, the actor. What that encoding loses is measured
-at every migration (the functional distance between the actor and its decoded code, and both
-networks' returns on fresh seeds).
+particular. In a latent population a migrating actor enters either **exactly**, as its own start
+(an :class:`nnae_utils.genomes.AnchoredGenome`: the actor becomes an anchor and the migrant is
+``delta = 0`` around it, so it keeps its return, and its descendants search displacements around
+it), or, in the paper's reading kept as an ablation (``<genome>~decoded``), as
+``genome.encode(actor)``, which decodes to a network close to, but not equal to, the actor. What
+an encoding loses is measured at every migration (the functional distance between the actor and
+its decoded code, and both networks' returns on fresh seeds), and every generation records
+whether its champion descends from a migrant (``champion_lineage``: a population member is of the
+*migrant line* when a migrant is among its ancestors, parents and crossover partners alike).
 
 **One generation** of :func:`run_cerl`, top to bottom:
 
@@ -96,8 +101,8 @@ import numpy as np
 
 from . import evolution as evo
 from .backends import torch_threads
-from .genomes import Genome, WeightGenome, action_distance, mutate
-from .policies import Network, save_network
+from .genomes import AnchoredGenome, Genome, WeightGenome, action_distance, mutate
+from .policies import Network, load_network, save_network
 from .rollouts import EvalResult, evaluate
 from .seeds import eval_seeds
 
@@ -310,9 +315,10 @@ def migrant_encoding(genome: Genome, actor: Network, states: np.ndarray | None) 
 
     The distance is the paper's functional loss between the actor and the network its code
     decodes to: the mean over ``states`` of the L2 distance between their actions (NaN without
-    states). It is 0 for the weight genome, which holds every weight.
+    states). It is 0 for the weight genome, which holds every weight, and for an anchored genome,
+    where the actor enters as a new anchor (``delta = 0`` around itself: the actor, bitwise).
     """
-    z = genome.encode(actor)[0]
+    z = genome.anchor(actor) if isinstance(genome, AnchoredGenome) else genome.encode(actor)[0]
     decoded = genome.decode(z)
     distance = float("nan") if states is None else float(action_distance([actor], [decoded], states)[0])
     return z, decoded, distance
@@ -422,6 +428,8 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
     from .td3 import ReplayBuffer
 
     cfg, genome, spec = run.config, run.genome, run.genome.spec
+    if isinstance(genome, AnchoredGenome):
+        genome = genome.without_migrants()  # this session's own copy: migrants become its anchors
     weights = WeightGenome(spec)  # champions are networks (a learner's actor may win): scored as weight vectors
     folder = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else None
     fingerprint = run.fingerprint
@@ -438,6 +446,8 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
             for learner, sd in zip(learners, payload["learners"]):
                 learner.load_state_dict(sd)
             torch.set_rng_state(payload["torch_rng"])
+            for name in log.get("anchors", []):  # the migrants that became anchors, in order
+                genome.anchors.append(load_network(folder / name))
         else:
             state = evo.RunState(rng=np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
             buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size)
@@ -457,6 +467,8 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
                     z0 = genome.encode(run.start)[0]
                     mutants = mutate(np.repeat(z0[None], cfg.pop_size - 1, axis=0), cfg.sigma, genome.scale, state.rng)
                     state.population = np.vstack([z0[None], mutants])
+                log["from_migrant"] = [False] * cfg.pop_size  # lineage: whether a migrant is among an individual's ancestors
+                log["champion_lineage"] = "start" if run.start is not None else None
         log["sessions"] += 1
         wall0, cpu0 = log["wall_s"], log["cpu_s"]
         last: dict[str, EvalResult] = {}  # the latest result per purpose (the elite scores are read from it)
@@ -566,13 +578,19 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
             state.champion = np.asarray(candidates[winner], np.float64).copy()
             _answer(evo.report_champion(state, cfg, weights), episodes)
             state.generation += 1
+            lineage = _lineage(sources[winner], log.get("from_migrant"), log.get("champion_lineage"))
+            log["champion_lineage"] = lineage
 
             # 5. next population: the best population candidate kept, children bred, learners migrate
             migrated = False
             if cfg.pop_size:
                 elite_scores = last["elite"].returns.mean(axis=1)[: len(pop_idx)]
-                elite = state.population[pop_idx[int(np.argmax(elite_scores))]]
-                state.population = evo.next_population(state.population, fitness, elite, cfg, genome, state.rng)
+                elite_row = int(pop_idx[int(np.argmax(elite_scores))])
+                elite = state.population[elite_row]
+                state.population, parent, mate = evo.bred_population(state.population, fitness, elite, cfg, genome, state.rng)
+                before = np.asarray(log.get("from_migrant") or [False] * cfg.pop_size, bool)  # a run checkpointed without it: none known
+                after = before[np.maximum(parent, 0)] | ((mate >= 0) & before[np.maximum(mate, 0)])
+                after[0] = before[elite_row]
                 if state.generation % cfg.migration_every == 0:
                     migrated = True
                     for k, learner in enumerate(learners):
@@ -580,10 +598,16 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
                         z, decoded, distance = migrant_encoding(genome, actor, run.probe_states)
                         slot = cfg.pop_size - 1 - k  # a child's place: the children are exchangeable draws
                         state.population[slot] = z
+                        after[slot] = True
+                        lossy = not np.array_equal(decoded.flat(), actor.flat())
                         entry = {"generation": state.generation, "env_steps": state.env_steps, "learner": k,
                                  "slot": slot, "distance": distance, "actor_return": None, "decoded_return": None,
-                                 "fitness_rank": None}
-                        lossy = not np.array_equal(decoded.flat(), actor.flat())
+                                 "fitness_rank": None, "exact": not lossy}
+                        if isinstance(genome, AnchoredGenome) and run.checkpoint_dir is not None:
+                            # the new anchor, kept so that a resumed run decodes its descendants
+                            name = f"migrants/anchor_{len(genome.anchors):04d}.safetensors"
+                            save_network(Path(run.checkpoint_dir) / name, actor)
+                            log.setdefault("anchors", []).append(name)
                         if lossy and cfg.probe_episodes:  # measurement only: report seeds, not counted
                             probe = evaluate([actor, decoded], eval_seeds("champion_report", cfg.probe_episodes),
                                              max_steps=cfg.max_steps, nthread=cfg.physics_threads)
@@ -598,13 +622,15 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
                                 save_network(Path(run.checkpoint_dir) / entry["decoded_file"], decoded)
                         log["migrant_slots"].append({"entry": len(log["migrations"]), "slot": slot})
                         log["migrations"].append(entry)
+                log["from_migrant"] = after.tolist()
 
             # 6. resource manager: the next generation's learner episodes
             if cfg.resource_manager == "ucb" and cfg.n_learners > 1:
                 log["allocation"] = ucb_allocation(log["values"], log["visits"], cfg.learner_episodes, cfg.ucb_c,
                                                    state.rng).tolist()
 
-            state.curve.append(_row(state, fitness, sources[winner], learner_returns, buffer, learners, migrated))
+            state.curve.append({**_row(state, fitness, sources[winner], learner_returns, buffer, learners, migrated),
+                                "champion_lineage": lineage})
             log["generations"].append({"generation": state.generation, "wall_s": wall0 + time.perf_counter() - t_session,
                                        "updates": n_updates})
             if progress:
@@ -614,6 +640,24 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
 
         checkpoint()
         return CERLResult(run.run_id, state, log)
+
+
+def _lineage(source: str, from_migrant: Sequence[bool] | None, previous: str | None) -> str | None:
+    """Where a generation's champion came from: ``'migrant line'`` (a population member with a migrant
+    among its ancestors), ``'population line'`` (one without), ``'learner'`` (a learner's actor, before it
+    migrates) or, for the previous champion kept, that champion's own lineage.
+
+    >>> _lineage("population 3", [False, False, False, True], None), _lineage("learner 0", None, None)
+    ('migrant line', 'learner')
+    >>> _lineage("previous champion", None, "learner"), _lineage("population 0", [False], None)
+    ('learner', 'population line')
+    """
+    if source.startswith("population "):
+        i = int(source.split()[1])
+        return "migrant line" if from_migrant and from_migrant[i] else "population line"
+    if source.startswith("learner"):
+        return "learner"
+    return previous
 
 
 def champion_at(curve: Sequence[Mapping[str, Any]], budget_steps: int) -> Mapping[str, Any]:

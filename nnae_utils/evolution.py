@@ -298,17 +298,43 @@ def next_population(population: np.ndarray, fitness: np.ndarray, champion: np.nd
     A child: a parent (truncation or tournament selection), crossed with a second parent with
     probability ``crossover_prob``, then mutated by ``sigma * scale * N(0, 1)``.
     """
+    return bred_population(population, fitness, champion, cfg, genome, rng)[0]
+
+
+def bred_population(population: np.ndarray, fitness: np.ndarray, champion: np.ndarray, cfg: EvolutionConfig,
+                    genome: Genome, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`next_population` with each row's parents: ``(population, parent, mate)``, where ``parent[i]``
+    is the index (in the old population) of row ``i``'s parent and ``mate[i]`` that of its crossover
+    partner, -1 where there is none (row 0, the champion, has neither). It draws the same random numbers
+    as :func:`next_population`, so either gives the same population (CERL uses the parents to follow
+    which individuals descend from migrants).
+
+    Example:
+        >>> from nnae_utils.genomes import WeightGenome
+        >>> from nnae_utils.policies import NetworkSpec
+        >>> g = WeightGenome(NetworkSpec(obs_dim=11, act_dim=3, hidden=(4,)))
+        >>> cfg = EvolutionConfig(pop_size=4, truncation=1, elite_candidates=1)
+        >>> pop = g.random_codes(4, np.random.default_rng(0))
+        >>> new, parent, mate = bred_population(pop, np.array([0.0, 5.0, 1.0, 2.0]), pop[1], cfg, g, np.random.default_rng(1))
+        >>> parent.tolist(), mate.tolist()      # truncation 1: every child's parent is the fittest, row 1
+        ([-1, 1, 1, 1], [-1, -1, -1, -1])
+    """
     n = cfg.pop_size - 1
     pick = truncation_parents if cfg.selection == "truncation" else tournament_parents
     arg = cfg.truncation if cfg.selection == "truncation" else cfg.tournament_size
-    parents = population[pick(fitness, n, arg, rng)]
+    parent_idx = pick(fitness, n, arg, rng)
+    parents = population[parent_idx]
+    mate_idx = np.full(n, -1)
     if cfg.crossover_prob > 0:
-        mates = population[pick(fitness, n, arg, rng)]
+        drawn = pick(fitness, n, arg, rng)
+        mates = population[drawn]
         crossed = rng.random(n) < cfg.crossover_prob
         for i in np.flatnonzero(crossed):
             parents[i] = crossover(parents[i], mates[i], genome.groups, rng)
+        mate_idx = np.where(crossed, drawn, -1)
     children = mutate(parents, cfg.sigma, genome.scale, rng)
-    return np.vstack([champion[None], children])
+    return (np.vstack([champion[None], children]), np.concatenate([[-1], parent_idx]).astype(np.int64),
+            np.concatenate([[-1], mate_idx]).astype(np.int64))
 
 
 # --------------------------------------------------------------------------- shared steps

@@ -631,6 +631,108 @@ class ExactStartGenome(Genome):
         return {**super().describe(), "start": "exact"}
 
 
+class AnchoredGenome(Genome):
+    """A population genome whose individuals are displacements around *anchors*: the start network and
+    every network that migrated in (CERL's learners' actors), each held exactly.
+
+    An individual is ``[a, v_1, ..., v_k]``: ``a`` is an anchor index, ``v`` a vector of the inner
+    genome. Anchor 0 is the inner genome itself (``v`` is an ordinary code, decoded around the inner
+    genome's base: from scratch, random codes around the zoo's centre); an anchor ``a >= 1`` is a
+    network ``N_a`` and ``v`` a displacement around it (:class:`ExactStartGenome`), so ``[a, 0, ..., 0]``
+    is ``N_a`` bitwise. :meth:`anchor` adds a network and returns its individual: a migrant enters as
+    itself and keeps its return. Mutations never move ``a`` (its scale is 0: ``a + sigma * 0 * N(0, 1)
+    = a`` exactly); crossover takes ``a`` from one parent (its own crossover unit) and mixes the rest, a
+    move of the code applied around that parent's anchor. The anchor of an individual is its lineage:
+    ``a >= 2`` descends from a migrant (``a = 1`` is the start when fine-tuning).
+
+    Example:
+        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8,))
+        >>> zoo = [Network.random(spec, seed=s) for s in range(4)]
+        >>> g = AnchoredGenome(build_genome("dct:all", train=zoo, latent_dims={0: 5, 1: 2})).with_base(zoo[0])
+        >>> start = g.encode(zoo[0])[0]
+        >>> float(start[0]), bool(np.array_equal(g.decode(start).flat(), zoo[0].flat()))
+        (1.0, True)
+        >>> migrant = Network.random(spec, seed=7)
+        >>> z = g.anchor(migrant)
+        >>> float(z[0]), bool(np.array_equal(g.decode(z).flat(), migrant.flat())), g.dim
+        (2.0, True, 8)
+    """
+
+    def __init__(self, inner: LayerCodeGenome):
+        if isinstance(inner, (AnchoredGenome, ExactStartGenome, WeightGenome)):
+            raise ValueError("an anchored genome wraps a per-layer code genome (latent, pca, random, dct)")
+        self.inner = inner
+        self.kind, self.name, self.spec, self.base = inner.kind, split_start_mode(inner.name)[0], inner.spec, inner.base
+        self.layers, self.dim, self.uses_zoo = inner.layers, inner.dim + 1, inner.uses_zoo
+        self.scale = np.concatenate([[0.0], inner.scale])
+        self.groups = np.concatenate([[0], inner.groups + 1])
+        self.centre = np.concatenate([[0.0], inner.centre])
+        self.anchors: list[Network] = []
+        """Anchor networks, anchor ``a`` at index ``a - 1``."""
+        self.fixed = 0
+        """Anchors the genome was built with (1: the start, when fine-tuning); later ones are migrants."""
+        self._around: dict[int, ExactStartGenome] = {}
+
+    @property
+    def effective_dim(self) -> int:
+        return self.inner.effective_dim
+
+    def anchor(self, net: Network) -> np.ndarray:
+        """Add ``net`` as a new anchor; its individual ``[a, 0, ..., 0]`` (decodes to ``net`` bitwise)."""
+        self.anchors.append(net)
+        return np.concatenate([[float(len(self.anchors))], np.zeros(self.inner.dim)])
+
+    def _exact(self, a: int) -> ExactStartGenome:
+        if a not in self._around:
+            self._around[a] = self.inner.around(self.anchors[a - 1])
+        return self._around[a]
+
+    def decode(self, z):
+        z = np.asarray(z, np.float64)
+        single = z.ndim == 1
+        z2 = z[None] if single else z
+        if z2.shape[1] != self.dim:
+            raise ValueError(f"{self.name} (anchored) vectors have {self.dim} numbers, got shape {z.shape}")
+        ids = z2[:, 0].astype(np.int64)
+        if np.any(ids != z2[:, 0]) or ids.min() < 0 or ids.max() > len(self.anchors):
+            raise ValueError(f"anchor indices must be integers in [0, {len(self.anchors)}], got {np.unique(z2[:, 0])}")
+        nets: list[Network | None] = [None] * len(z2)
+        for a in np.unique(ids):  # one batched decoding per anchor
+            rows = np.flatnonzero(ids == a)
+            g = self.inner if a == 0 else self._exact(int(a))
+            for row, net in zip(rows, g.decode(z2[rows, 1:])):
+                nets[row] = net
+        return nets[0] if single else nets
+
+    def encode(self, nets):
+        """Codes around anchor 1 (the start) when there is one, else ordinary codes (anchor 0)."""
+        codes = self._exact(1).encode(nets) if self.anchors else self.inner.encode(nets)
+        return np.concatenate([np.full((len(codes), 1), 1.0 if self.anchors else 0.0), codes], axis=1)
+
+    def with_base(self, base: Network) -> "AnchoredGenome":
+        """A fresh anchored genome (no migrants yet) whose anchor 1 is ``base``: the start when fine-tuning."""
+        clone = AnchoredGenome(self.inner)
+        clone.anchor(base)
+        clone.fixed = 1
+        return clone
+
+    def without_migrants(self) -> "AnchoredGenome":
+        """A copy holding only the anchors it was built with (a run's fresh start: migrants are its own)."""
+        clone = AnchoredGenome(self.inner)
+        clone.anchors, clone.fixed = list(self.anchors[: self.fixed]), self.fixed
+        return clone
+
+    def fingerprint(self) -> str:
+        """The inner encoding's and the start anchor's: migrants added during a run do not change it."""
+        h = hashlib.sha256(f"anchored:{self.inner.fingerprint()}".encode())
+        if self.anchors:
+            h.update(self.anchors[0].flat().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "start": "exact", "anchored": True}
+
+
 def fine_tuning_start(genome: Genome, start: Network, mode: str = "exact") -> tuple[Genome, np.ndarray]:
     """The genome and the vector with which evolution fine-tunes ``start``.
 

@@ -120,6 +120,70 @@ def test_a_latent_migrant_is_encoded_decoded_and_its_loss_measured(zoo, stage2, 
     assert again[:, 0].tolist() == [entry["actor_episode_returns"][0], entry["decoded_episode_returns"][0]]
 
 
+def make_exact_run(zoo, stage2, start=None, **kw):
+    """A latent hybrid whose migrants enter exactly (issue 30): its genome anchors every migrant."""
+    g = gen.AnchoredGenome(gen.build_genome("latent:all", train=zoo["train"], stage2_dir=stage2))
+    if start is not None:
+        g = g.with_base(start)
+    run_kw = {k: kw.pop(k) for k in ("run_id", "checkpoint_dir", "probe") if k in kw}
+    return cerl.CERLRun(run_kw.get("run_id", "exact"), config(sigma=0.3, **kw), g, start=start,
+                        checkpoint_dir=run_kw.get("checkpoint_dir"), probe_states=run_kw.get("probe"),
+                        info={"variant": "latent:all exact"})
+
+
+def test_an_exact_latent_migrant_enters_as_itself_and_keeps_its_return(zoo, stage2, probe_states, tmp_path):
+    start = zoo["test"][0]
+    run = make_exact_run(zoo, stage2, start, checkpoint_dir=tmp_path, probe=probe_states, probe_episodes=1,
+                         gammas=(0.99, 0.9))
+    res = cerl.run_cerl(run, stop_after=1)
+    actors = checkpoint_actors(tmp_path, start.spec)
+    genome = run.genome.without_migrants()
+    for name in res.log["anchors"]:
+        genome.anchors.append(load_network(tmp_path / name))
+    assert len(genome.anchors) == 3 and run.genome.anchors == [start]  # the run's own genome is left as it was
+    for k, actor in enumerate(actors):
+        slot = run.config.pop_size - 1 - k
+        held = genome.decode(res.state.population[slot])
+        assert held.flat().tobytes() == actor.flat().tobytes()  # the population holds the actor, bitwise
+        entry = res.log["migrations"][k]
+        assert entry["exact"] and entry["distance"] == 0.0 and entry["actor_return"] is None  # nothing lost: no probe
+        seeds = eval_seeds("champion_report", 2)
+        ours, theirs = evaluate([held, actor], seeds, max_steps=CAP).returns
+        np.testing.assert_array_equal(ours, theirs)  # so it keeps its return
+    assert res.log["from_migrant"][-2:] == [True, True] and not res.log["from_migrant"][0]
+    # the start itself is individual 0, bitwise, at generation 0
+    assert genome.decode(genome.encode(start)[0]).flat().tobytes() == start.flat().tobytes()
+
+
+def test_exact_migrants_resume_and_their_lineage_is_followed(zoo, stage2, tmp_path):
+    kw = dict(gammas=(0.99, 0.9), budget_steps=1500, crossover_prob=0.5)
+    full = cerl.run_cerl(make_exact_run(zoo, stage2, zoo["test"][1], checkpoint_dir=tmp_path / "a", **kw))
+    cerl.run_cerl(make_exact_run(zoo, stage2, zoo["test"][1], checkpoint_dir=tmp_path / "b", **kw), stop_after=2)
+    resumed = cerl.run_cerl(make_exact_run(zoo, stage2, zoo["test"][1], checkpoint_dir=tmp_path / "b", **kw))
+    assert full.state.generation >= 4 and resumed.state.curve == full.state.curve  # anchors come back from their files
+    np.testing.assert_array_equal(resumed.state.population, full.state.population)
+    assert resumed.log["from_migrant"] == full.log["from_migrant"]
+    lineages = [row["champion_lineage"] for row in full.state.curve[1:]]
+    assert set(lineages) <= {"migrant line", "population line", "learner", "start"} and len(lineages) == full.state.generation
+    # an individual whose anchor is a migrant (anchor >= 2) is of the migrant line
+    anchors = full.state.population[:, 0].astype(int)
+    assert all(full.log["from_migrant"][i] for i in np.flatnonzero(anchors >= 2))
+
+
+def test_bred_population_is_next_population_with_its_parents(zoo):
+    g = gen.WeightGenome(zoo["train"][0].spec)
+    cfg = config(pop_size=6, crossover_prob=0.5, sigma=0.01)
+    pop = g.random_codes(6, np.random.default_rng(0))
+    fitness = np.arange(6.0)
+    a = cerl.evo.next_population(pop, fitness, pop[5], cfg, g, np.random.default_rng(3))
+    b, parent, mate = cerl.evo.bred_population(pop, fitness, pop[5], cfg, g, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)  # the same random numbers: the same population
+    assert parent[0] == mate[0] == -1 and (parent[1:] >= 0).all() and (mate >= -1).all()
+    for i in range(1, 6):  # an uncrossed child is its parent plus a small mutation
+        if mate[i] < 0:
+            assert np.abs(b[i] - pop[parent[i]]).max() < 0.1
+
+
 def test_resume_equals_an_uninterrupted_run(zoo, stage2, tmp_path):
     kw = dict(gammas=(0.99, 0.9), resource_manager="ucb", migration_every=2, budget_steps=1200)
     full = cerl.run_cerl(make_run(zoo, stage2, "latent:all", checkpoint_dir=tmp_path / "a", **kw))
