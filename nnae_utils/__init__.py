@@ -14,6 +14,7 @@ One module per concept; data flows one way, stage to stage, through files on dis
 - ``evolution``: the GA and CMA-ES, run in lockstep through the one evaluation function
 - ``cerl``: the CERL-like hybrid of TD3 learners and a GA population
 - ``seeds`` / ``provenance``: reset-seed namespaces; versions and revisions recorded with results
+- ``io``: atomic file writes, the folder swap, the JSON cleaner
 - ``stats`` / ``plots``: statistics and figures
 - ``backends``: where work runs: this machine, or a Ray cluster (population evaluation, independent runs)
 - ``stages``: each stage's typed parameters and artifact layout
