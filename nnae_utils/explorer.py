@@ -411,3 +411,78 @@ class ExplorerWidget:
         )
         self.current = view
         return view
+
+
+# --------------------------------------------------------------------------- the static explorer
+
+
+STATIC_POSITIONS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+"""Where the static explorer's slider stops along the first latent direction, in train-code stds."""
+
+
+def static_explorer(explorer: LayerExplorer, choices: Sequence[tuple[str, int, int, int]],
+                    positions: Sequence[float] = STATIC_POSITIONS, dpi: int = 56) -> Any:
+    """An explorer that works in a static page, without a kernel: every view it can show is computed
+    here, and its controls are linked to them on the client.
+
+    For each choice ``(split, network index, layer, code option)`` and each position of the first
+    latent direction (``positions``, in train-code stds), the explorer's figure and numbers are
+    rendered to an image. A menu picks the choice (its ``index`` linked to a ``Stack`` of the
+    choices, with ``ipywidgets.jslink``), and each choice's slider (a ``SelectionSlider``, its
+    ``index`` linked to a ``Stack`` of that choice's images) moves along the direction. The links
+    live in the saved widget state, so the published book's widget manager runs them in the browser.
+
+    Returns the widget to display (an ``ipywidgets.VBox``).
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    positions = [float(p) for p in positions]
+    middle = min(range(len(positions)), key=lambda i: abs(positions[i]))
+    labels, pages = [], []
+    for split, index, layer, option in choices:
+        images = []
+        opt = explorer.option(layer, option)
+        for p in positions:
+            view = explorer.view(split, index, layer, option, offsets=(p,) if len(opt.scales) else ())
+            fig = plots.layer_explorer(view)
+            mime, data = figure_image(fig, dpi)
+            plt.close(fig)
+            kept = view.return_decoded / view.return_input if view.return_input > 0 else float("nan")
+            caption = w.HTML(
+                f"direction 1 at {p:+.1f} sd: input return <b>{view.return_input:.1f}</b>, decoded "
+                f"<b>{view.return_decoded:.1f}</b> ({kept:.0%} of the input's); mean action distance "
+                f"{view.action_distance:.3f}")
+            images.append(w.VBox([caption, w.Image(value=base64.b64decode(data), format=mime.split("/")[1])]))
+        stack = w.Stack(children=images, selected_index=middle)
+        slider = w.SelectionSlider(options=[f"{p:+.1f} sd" for p in positions], index=middle,
+                                   description="direction 1", continuous_update=True,
+                                   style={"description_width": "initial"},
+                                   disabled=not len(opt.scales))
+        w.jslink((slider, "index"), (stack, "selected_index"))
+        network_id = explorer.networks[split][index][0]
+        labels.append(f"{network_id} ({split}), layer {layer}, {opt.label}")
+        pages.append(w.VBox([slider, stack]))
+    choice = w.Dropdown(options=[(label, i) for i, label in enumerate(labels)],
+                        value=0, description="network, layer, code", style={"description_width": "initial"},
+                        layout=w.Layout(width="640px"))
+    outer = w.Stack(children=pages, selected_index=0)
+    w.jslink((choice, "index"), (outer, "selected_index"))
+    note = w.HTML("<b>Static explorer</b>: every view below was computed when the notebook ran; the menu and "
+                  "slider switch between them in the browser, with no Python kernel.")
+    return w.VBox([note, choice, outer])
+
+
+def static_choices(explorer: LayerExplorer, split: str, index: int, layer: int, n_networks: int = 2) -> list[tuple[str, int, int, int]]:
+    """A few choices for :func:`static_explorer`: ``layer`` of network ``index`` of ``split`` with each of
+    its layer's first two codes, and the same layer's first code on up to ``n_networks - 1`` other networks
+    of the split and on the first train network."""
+    n_options = len(explorer.options[layer])
+    choices = [(split, index, layer, o) for o in range(min(2, n_options))]
+    others = [i for i in range(len(explorer.networks[split])) if i != index][: max(n_networks - 1, 0)]
+    choices += [(split, i, layer, 0) for i in others]
+    if split != "train" and explorer.networks.get("train"):
+        choices.append(("train", 0, layer, 0))
+    return choices

@@ -251,6 +251,31 @@ async function main() {
           report.screenshots.explorer = path.resolve(shot);
           report.screenshots.explorerFull = path.resolve(full);
         }
+        // the static explorer: its slider, linked to precomputed images in the browser (jslink), must
+        // change the image with no kernel: a pixel difference between two screenshots
+        const statik = page.locator(".widget-subarea", { hasText: "Static explorer" }).first();
+        if (await statik.count()) {
+          const handle = statik.locator(".noUi-handle").first();
+          await statik.scrollIntoViewIfNeeded();
+          const before = await statik.screenshot();
+          await handle.focus();
+          await page.keyboard.press("ArrowRight");
+          await page.waitForTimeout(500);
+          const after = await statik.screenshot();
+          const changed = !before.equals(after);
+          current.staticExplorer = { changed };
+          if (!changed) current.problems.push("moving the static explorer's slider did not change what it shows");
+          if (args.shots) {
+            const b = path.join(args.shots, "explorer-static-before.png");
+            const a = path.join(args.shots, "explorer-static-after.png");
+            fs.writeFileSync(b, before);
+            fs.writeFileSync(a, after);
+            report.screenshots.staticBefore = path.resolve(b);
+            report.screenshots.staticAfter = path.resolve(a);
+          }
+        } else {
+          current.staticExplorer = null;
+        }
       }
     } catch (err) {
       current.problems.push(`could not load: ${err.message.split("\n")[0]}`);

@@ -5,7 +5,9 @@ downloads no browser) loads every HTML page of the book from a local HTTP server
 fails the test on: console errors and uncaught exceptions, failed requests, any request to another
 host (blocked, as it would fail for an offline reader), images that did not load, internal links to
 a missing page or anchor, math that MathJax did not typeset, and saved widgets that did not render.
-On the explorer's page (stage 3's chapter) its widget controls must be there. Every chapter's code
+On the explorer's page (stage 3's chapter) its widget controls must be there, and moving the static
+explorer's slider must change its image (two screenshots differ; its controls are linked to
+precomputed images in the browser, with no kernel). Every chapter's code
 cells are folded (none shown without a click), and the landing page opens with its "results at a
 glance" table, one row per question, each row linking to a page of the book that exists. The
 landing page and the explorer are saved as screenshots under ``runs/test-artifacts/``, and each
@@ -110,6 +112,9 @@ def test_every_page_of_the_smoke_book_works_offline_in_chromium(smoke_book, caps
         explorer_report = next(p for p in report["pages"] if p["page"] == explorer)
         assert explorer_report["widgetControls"] > 0 and explorer_report["widgetsRendered"] > 0
         assert Path(report["screenshots"]["explorer"]).is_file()
+        # the static explorer's slider changes its image in the browser, without a kernel
+        assert explorer_report.get("staticExplorer") and explorer_report["staticExplorer"]["changed"], explorer_report
+        assert Path(report["screenshots"]["staticBefore"]).is_file() and Path(report["screenshots"]["staticAfter"]).is_file()
     # the saved widgets of any page (progress bars, the explorer) rendered, from the book's own files
     assert sum(p.get("widgetsRendered", 0) for p in report["pages"]) > 0
     assert elapsed < BROWSER_BUDGET_S, f"the browser check took {elapsed:.0f} s"

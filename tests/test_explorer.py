@@ -92,3 +92,29 @@ def test_returns_are_those_of_the_shown_networks(explorer):
         assert (v.length_input, v.length_decoded) == (res.lengths[0, 0], res.lengths[1, 0])
         assert len(v.states) == v.length_input
     assert explorer.view("test", 1, 1, 0, offsets=(3.0, -3.0)).action_distance > explorer.view("test", 1, 1, 0).action_distance
+
+
+def test_static_explorer_links_its_controls_to_precomputed_views_on_the_client(explorer):
+    """The static explorer computes every view it can show, and its menu and sliders switch between
+    them through jslink (client-side links in the saved widget state), with no Python callback."""
+    import ipywidgets as w
+
+    from nnae_utils.explorer import STATIC_POSITIONS, static_choices, static_explorer
+
+    choices = static_choices(explorer, "test", 0, 1)
+    assert choices[0] == ("test", 0, 1, 0) and ("train", 0, 1, 0) in choices
+    ui = static_explorer(explorer, choices)
+    note, menu, outer = ui.children
+    assert isinstance(menu, w.Dropdown) and isinstance(outer, w.Stack) and len(outer.children) == len(choices)
+    slider, stack = outer.children[0].children
+    assert isinstance(slider, w.SelectionSlider) and len(stack.children) == len(STATIC_POSITIONS)
+    images = [page.children[1].value for page in stack.children]
+    assert all(img[:2] == b"\xff\xd8" for img in images) and len(set(images)) > 1  # JPEGs that differ along the slider
+    assert stack.selected_index == slider.index == STATIC_POSITIONS.index(0.0)
+    from ipywidgets.widgets.widget import _instances
+    from ipywidgets.widgets.widget_link import Link
+
+    links = [m for m in _instances.values() if isinstance(m, Link)]
+    linked = {(link.source[0].model_id, link.source[1], link.target[0].model_id, link.target[1]) for link in links}
+    assert (slider.model_id, "index", stack.model_id, "selected_index") in linked
+    assert (menu.model_id, "index", outer.model_id, "selected_index") in linked
