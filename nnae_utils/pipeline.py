@@ -424,6 +424,7 @@ def assemble_book(run_dir: Path) -> Path:
     profile = profile_of_run(run_dir)
     (generated / "findings.md").write_text(findings_markdown(run_dir, status, profile))
     (generated / "glance.md").write_text(glance_markdown(run_dir, status, profile))
+    (generated / "summary_figure.md").write_text(summary_figure_markdown(run_dir, status, generated))
     (generated / "stage_map.md").write_text(stage_map_markdown(status))
     (generated / "run_times.md").write_text(run_times_table(run_dir, profile))
     (generated / "profiles.md").write_text(profiles_table())
@@ -641,6 +642,35 @@ def glance_markdown(run_dir: Path, status: Mapping[str, str], profile: str | Non
                 )
         rows.append(line.replace("@PROFILE@", f"`{profile}`" if profile else "custom"))
     return "\n".join(rows) + "\n"
+
+
+SUMMARY_FIGURE = (3, "Retention (decoded / input return) with 95% bootstrap CIs per layer")
+"""The landing page's summary figure: the figure of this stage's chapter whose caption starts so."""
+
+
+def summary_figure_markdown(run_dir: Path, status: Mapping[str, str], figures: Path) -> str:
+    """The landing page's one figure, copied from the executed chapter that drew it (its caption and
+    a link to the chapter with it); empty if that chapter is not in the book or no longer draws it."""
+    import base64
+
+    import nbformat
+
+    number, caption_start = SUMMARY_FIGURE
+    stage = next((s for s in STAGES if stage_number(s) == number), None)
+    if stage is None or status.get(stage.name) != "chapter":
+        return ""
+    nb = nbformat.read(run_dir / "executed" / f"{stage.folder}.ipynb", as_version=4)
+    for cell in nb.cells:
+        caption = cell.metadata.get("mystnb", {}).get("figure", {}).get("caption", "")
+        if cell.cell_type != "code" or not caption.startswith(caption_start):
+            continue
+        for output in cell.get("outputs", []):
+            if "image/png" in output.get("data", {}):
+                (figures / "summary_figure.png").write_bytes(base64.b64decode(output["data"]["image/png"]))
+                return (f"```{{figure}} _generated/summary_figure.png\n:name: fig-summary\n\n{caption} "
+                        f"From {{doc}}`chapter {number} </notebooks/{stage.folder}>`.\n```\n")
+    log.warning("the landing page has no summary figure: %s draws none captioned %r", stage.notebook, caption_start)
+    return ""
 
 
 def _profile_note(run_dir: Path, profile: str | None) -> str:
