@@ -121,8 +121,9 @@ def test_the_checks_catch_a_misnamed_parameter():
     """Rename ``warmup_noise`` in CERLParams (as a refactoring might): both checks must name it."""
     code = notebook_code(stages.STAGES_BY_NAME["cerl_comparison"])
     fields = [(("warmup_std" if f.name == "warmup_noise" else f.name), f.type, f) for f in dataclasses.fields(stages.CERLParams)]
-    misnamed = dataclasses.make_dataclass("Misnamed", [(n, t, dataclasses.field(default=f.default, default_factory=f.default_factory))
-                                                       for n, t, f in fields])
+    misnamed = dataclasses.make_dataclass(
+        "Misnamed", [(n, t, dataclasses.field(default=f.default, default_factory=f.default_factory)) for n, t, f in fields],
+        namespace={"CONFIG_NAMES": stages.CERLParams.CONFIG_NAMES})
     assert unconsumed_parameters(misnamed, code) == ["warmup_std"]
     assert silently_defaulted_fields(misnamed, code) == ["CERLConfig.warmup_noise"]
 
