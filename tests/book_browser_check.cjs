@@ -5,8 +5,9 @@
 // an offline reader's browser would fail them), images that did not load, internal links to a
 // missing page or anchor, and saved widgets that did not render; on a chapter (notebooks/*.html), code
 // cells shown without a click (the book folds them); on the landing page, a missing or incomplete
-// "results at a glance" table (every row links to its chapter). Records each page's height at
-// 1280 px wide. Saves screenshots.
+// "results at a glance" table (every row links to its chapter); on the explorer's page, a static
+// explorer whose slider does not change its image (screenshots before and after a key press on the
+// slider). Records each page's height at 1280 px wide. Saves screenshots.
 //
 // Driven by tests/test_book_browser.py; usable alone, e.g. on the default profile's book:
 //   node tests/book_browser_check.cjs --root _build/html --chromium /usr/bin/chromium \
