@@ -29,6 +29,12 @@ declared before looking), Holm-adjusted as its own family. Each comparison ends 
 (:func:`verdict`): ``better``, ``worse``, ``equivalent`` or ``inconclusive``. Every bootstrap
 resamples runs (seeds), never episodes or snapshots of one run.
 
+A caveat that the error rate is only as good as the bootstrap: with few runs the percentile
+bootstrap is too narrow. Five paired runs whose differences all share a sign give every replicate
+that sign, hence p = 0, where an exact sign test gives 2/32 = 0.0625; so with 5 seeds a "better" or
+"worse" is weaker evidence than its nominal level, and the ``long`` profile's 10 seeds per primary
+comparison are the ones to read.
+
 Sample-efficiency curves are step functions of the environment steps a run has spent (the champion
 known after ``s`` steps); :func:`align_curves` puts runs that record at different steps on one grid.
 
