@@ -257,3 +257,23 @@ def test_start_markers_parse_and_bad_markers_fail():
     with pytest.raises(ValueError):
         gen.split_start_through("weights@latent:all~decoded")
     assert not gen.is_start_control("ga/latent:all~decoded")
+
+
+@pytest.mark.parametrize("kind", ["latent", "pca", "random", "dct"])
+def test_anchored_population_holds_start_and_migrants_bitwise(kind, zoo, stage2):
+    inner = build(f"{kind}:all", zoo, stage2)
+    start, migrant = zoo["test"][0], zoo["test"][1]
+    g = gen.AnchoredGenome(inner).with_base(start)
+    z_start, z_migrant = g.encode(start)[0], g.anchor(migrant)
+    assert (z_start[0], z_migrant[0]) == (1.0, 2.0) and np.all(z_start[1:] == 0.0)
+    delta = np.concatenate([[0.0], g.scale[1:] * np.random.default_rng(5).normal(size=g.dim - 1)])
+    scratch = np.concatenate([[0.0], inner.centre])
+    nets = g.decode(np.stack([z_start, z_migrant, z_migrant + delta, scratch]))  # one batch, three anchors
+    assert nets[0].flat().tobytes() == start.flat().tobytes() and nets[1].flat().tobytes() == migrant.flat().tobytes()
+    np.testing.assert_allclose(nets[2].flat(), inner.around(migrant).decode(delta[1:]).flat())  # a move around the migrant
+    np.testing.assert_allclose(nets[3].flat(), inner.decode(inner.centre).flat())  # anchor 0: an ordinary code
+    assert g.scale[0] == 0.0 and gen.mutate(z_migrant, 1.0, g.scale, np.random.default_rng(0))[0] == 2.0  # never moved
+    fresh = g.without_migrants()
+    assert len(fresh.anchors) == 1 and len(g.anchors) == 2 and fresh.fingerprint() == g.fingerprint()
+    with pytest.raises(ValueError):
+        g.decode(np.concatenate([[3.0], np.zeros(g.dim - 1)]))  # no such anchor
