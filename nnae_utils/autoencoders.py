@@ -36,8 +36,13 @@ What later stages use (stage 3 decodes networks, stage 4 evolves latent codes)::
     every = decode_network(net, codes)                          # every layer replaced
     child = network_from_latents(net, codes, {1: z + noise})    # a latent genome on a base network
 
-The autoencoders under ``aligned/`` expect networks aligned first:
-``align_hidden_units(net, load_network(stage2_dir / "aligned/reference.safetensors"))``.
+Hidden units have no order (and ReLU units no scale) of their own; :data:`SYMMETRIES` names how an
+autoencoder treats that: ``none``, ``align`` (weight matching to a reference), ``augment`` (fresh random
+permutations in every minibatch) or ``canonical`` (:func:`canonical_form`). Stage 2 saves each option's
+autoencoders under ``symmetry/<option>/`` with the reference they use; a network is brought to the
+option's form before they encode it:
+``symmetry_networks(option, [net], load_network(stage2_dir / f"symmetry/{option}/reference.safetensors"))``
+(for canonical, the saved reference is already canonical, and canonical_form of it is itself).
 
 Example:
     >>> from nnae_utils.policies import Network, NetworkSpec
@@ -857,19 +862,29 @@ def symmetry_reference(option: str, reference: Network) -> Network:
     return canonical_form(reference) if option == "canonical" else reference
 
 
-def symmetry_rows(option: str, results: Sequence["TrainResult"], train: "LayerData", val: "LayerData") -> list[dict[str, Any]]:
+def symmetry_rows(option: str, results: Sequence["TrainResult"], train: "LayerData", val: "LayerData",
+                  holdout: "LayerData | None" = None) -> list[dict[str, Any]]:
     """One row per autoencoder of one symmetry option: its epoch kept's train and validation (held-out run)
     functional losses, and the validation loss over the mean layer's, the mean layer taken from the
     option's own train networks (aligned or canonical ones move it; augment's are the networks as given).
-    A ratio near 1 means the code carries no more about a held-out run's layer than the mean layer does."""
+    A ratio near 1 means the code carries no more about a held-out run's layer than the mean layer does.
+
+    With ``holdout`` (held-out snapshots of the train runs), the same for them: the split *by network*
+    (unseen networks of seen runs, the paper's likely protocol) beside the split *by run*. Those networks
+    chose the epoch kept (early stopping), so their loss is an optimistic estimate.
+    """
     rows = []
     for res in results:
         cfg, best = res.model.config, res.best
         mean = mean_layer_loss(train, val, cfg.layer)
-        rows.append({"symmetry": option, "layer": cfg.layer, "form": cfg.form, "latent_dim": res.model.latent_dim,
-                     "train_functional": best["train_functional"], "val_functional": best["val_functional"],
-                     "mean_layer_val": mean, "val_over_mean_layer": best["val_functional"] / mean,
-                     "best_epoch": res.best_epoch, "epochs": res.epochs_run, "wall_seconds": res.wall_seconds})
+        row = {"symmetry": option, "layer": cfg.layer, "form": cfg.form, "latent_dim": res.model.latent_dim,
+               "train_functional": best["train_functional"], "val_functional": best["val_functional"],
+               "mean_layer_val": mean, "val_over_mean_layer": best["val_functional"] / mean}
+        if holdout is not None:
+            mean_ho = mean_layer_loss(train, holdout, cfg.layer)
+            row.update(holdout_functional=best["holdout_functional"], mean_layer_holdout=mean_ho,
+                       holdout_over_mean_layer=best["holdout_functional"] / mean_ho)
+        rows.append({**row, "best_epoch": res.best_epoch, "epochs": res.epochs_run, "wall_seconds": res.wall_seconds})
     return rows
 
 
@@ -1285,7 +1300,7 @@ class SymmetryRun:
 
     def rows(self) -> list[dict[str, Any]]:
         """:func:`symmetry_rows` of its autoencoders."""
-        return symmetry_rows(self.option, [r for r, _ in self.results], self.train, self.val)
+        return symmetry_rows(self.option, [r for r, _ in self.results], self.train, self.val, self.stop_on)
 
 
 def train_symmetry_options(

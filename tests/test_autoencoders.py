@@ -545,6 +545,7 @@ def test_symmetry_options_retrain_the_main_autoencoders_and_none_reads_them_back
     assert all(not reused for o in ae.SYMMETRIES[1:] for _, reused in runs[o].results)
     rows = [row for run in runs.values() for row in run.rows()]
     assert len(rows) == 8 and all(np.isfinite(r["val_over_mean_layer"]) for r in rows)
+    assert all(np.isfinite(r["holdout_over_mean_layer"]) for r in rows)  # split by network, beside split by run
     canonical = runs["canonical"]
     np.testing.assert_allclose(canonical.reference.flat(), ae.canonical_form(nets[0]).flat())
     # the option's networks compute the same actions: the mean layer moves, the input networks' actions do not
