@@ -728,6 +728,91 @@ def ship_zoo(stage_dir: str | os.PathLike, destination: str | os.PathLike, *, co
     return destination
 
 
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """What a shipped zoo's provenance records of one TD3 run, read from its folder."""
+    from . import td3
+
+    run_prov = json.loads((Path(run_dir) / td3.PROVENANCE_FILE).read_text())
+    return {
+        "folder": str(run_dir), "critic": (Path(run_dir) / td3.CRITIC_FILE).is_file(),
+        **{k: run_prov.get(k) for k in ("step", "finished", "done_early", "core_seconds", "total_wall_s",
+                                        "buffer_refilled_at_steps", "buffer_refill_env_steps", "start_time",
+                                        "end_time", "config", "versions")},
+        "sessions": len(run_prov.get("sessions", [])),
+    }
+
+
+def grow_shipped_zoo(
+    zoo_dir: str | os.PathLike, run_dirs: Mapping[str, Sequence[Path]], *, plan: GrowthPlan, command: str,
+    held_out_share: float = 0.2, fold_sizes: Sequence[int] = (2, 4, 8, 16), folds_per_size: int = 3,
+    seed: int = 0, episodes: int = 10, progress: bool = True,
+) -> dict[str, Any]:
+    """Add finished runs of the growth plan to a shipped zoo, and split it anew by run.
+
+    ``run_dirs`` maps a group name of ``plan`` to its run folders. A run joins when it finished by
+    its stopping rule (``done_early``: the plan's number of candidates before the step cap); its
+    candidates go through the zoo's admission and report seeds (:func:`build_zoo`, appended to the
+    members already there, which stay as they are). The independent runs are then split by run,
+    ``held_out_share`` of them each to validation and test (the rest train), runs sharing an
+    initialisation kept apart (:func:`split_zoo`), and ``splits.json`` gets leave-runs-out folds of
+    the train runs (:func:`run_folds`). ``provenance.json`` gains a ``growth`` block: the command,
+    the plan, each run's record and the core-hours. Written in a staging folder and swapped in whole.
+    Returns the new splits.
+    """
+    import shutil
+
+    from .io import swap_folder
+
+    zoo_dir = Path(zoo_dir)
+    base = load_zoo(zoo_dir)  # complete and consistent before anything is written
+    have = {int(r["provenance"]["run"]) for r in base.records}
+    staging = zoo_dir.with_name(zoo_dir.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(zoo_dir, staging)
+    shipped = json.loads((zoo_dir / SHIPPED_PROVENANCE).read_text())
+    runs: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for group, dirs in run_dirs.items():
+        for run_dir in dirs:
+            run_dir = Path(run_dir)
+            seed_of_run = int(run_dir.name.split("_")[-1])
+            prov = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
+            if seed_of_run in have:
+                skipped[str(seed_of_run)] = "already in the zoo"
+                continue
+            if not prov.get("done_early"):
+                skipped[str(seed_of_run)] = "failed (step cap)" if prov.get("finished") else "not finished"
+                continue
+            cands = select_candidates([run_dir], threshold=plan.bar, min_step=plan.min_snapshot_step,
+                                      max_per_run=10_000)[: plan.candidates]
+            before = len(read_index(staging))
+            records = build_zoo(cands, staging, threshold=plan.bar, episodes=episodes, append=True, progress=progress,
+                                provenance={"settings": run_dir.parent.name, "group": group,
+                                            "training_dir": str(plan.training_dir)})
+            runs[str(seed_of_run)] = {**run_record(run_dir), "group": group, "candidates": len(cands),
+                                      "kept": len(records) - before}
+    records = read_index(staging)
+    independent = sorted({int(r["provenance"]["run"]) for r in records
+                          if int(r["provenance"].get("actor_init_seed", -1)) < 0})
+    n_held = max(1, round(held_out_share * len(independent)))
+    splits = split_zoo(records, by="run", validation=n_held, test=n_held, seed=seed)
+    splits["folds"] = run_folds(splits["runs"]["train"], fold_sizes, folds_per_size, seed=seed)
+    write_splits(staging, splits, records)
+    curves = [read_shipped_curves(zoo_dir)] if (zoo_dir / "training_curves.csv").is_file() else []
+    curves += [training_curves([Path(runs[k]["folder"])]) for k in runs]
+    pd.concat(curves, ignore_index=True).to_csv(staging / "training_curves.csv", index=False)
+    growth = shipped.get("growth", {"runs": {}})
+    growth["runs"].update(runs)
+    core_h = sum((r.get("core_seconds") or 0.0) for r in growth["runs"].values()) / 3600
+    shipped["growth"] = {"command": command, "plan": dataclasses.asdict(plan), "runs": growth["runs"],
+                         "skipped": skipped, "core_hours": round(core_h, 3),
+                         "independent_runs": independent, "shared_init_runs": splits.get("shared_init", {}).get("runs", [])}
+    (staging / SHIPPED_PROVENANCE).write_text(json.dumps(shipped, indent=1, default=str))
+    swap_folder(staging, zoo_dir)
+    return splits
+
+
 def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:
     """The training curves a shipped zoo carries (``training_curves.csv``), if any."""
     path = Path(source) / "training_curves.csv"

@@ -3,6 +3,7 @@
     python scripts/grow_zoo.py train c128 c64 --jobs 2       # the learner benchmark's runs
     python scripts/grow_zoo.py train grow shared_init        # with the learner it chose
     python scripts/grow_zoo.py compact                       # finished runs: drop optimizer state, keep candidates
+    python scripts/grow_zoo.py ship c128 c64 grow shared_init  # admit finished runs into zoo/hopper-v5, split anew
 
 Runs live in ``<training_dir>/<settings digest>/seed_<seed>`` and resume from their checkpoints;
 a run stops once it holds the plan's number of candidate snapshots, or at the step cap (a failure).
@@ -26,12 +27,13 @@ CHOSEN = Path("benchmarks/results/zoo_learners.json")
 
 def chosen_critic(root: Path) -> list[int] | None:
     path = root / CHOSEN
-    return json.loads(path.read_text())["chosen"]["critic_hidden"] if path.is_file() else None
+    chosen = json.loads(path.read_text()).get("chosen") if path.is_file() else None
+    return chosen["critic_hidden"] if chosen else None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["train", "compact"])
+    ap.add_argument("command", choices=["train", "compact", "ship"])
     ap.add_argument("groups", nargs="*", help="groups of zoo/growth.yaml to train, in this order (interleaved)")
     ap.add_argument("--root", type=Path, default=Path("."), help="checkout holding zoo/growth.yaml and zoo/training")
     ap.add_argument("--jobs", type=int, default=2)
@@ -48,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         longest = max(len(p) for p in per_group)
         configs += [c for p in per_group for c in p[min(len(q) for q in per_group):longest]]
         zoo.train_runs(configs, training, jobs=args.jobs, done_when=plan.done_when)
+        return 0
+    if args.command == "ship":
+        groups = {g: plan.group(g, chosen_critic(root)) for g in args.groups}
+        run_dirs = {g: [zoo.run_folder(training, zoo.settings_digest(c), c.seed) for c in plan.configs(grp)]
+                    for g, grp in groups.items()}
+        command = "python scripts/grow_zoo.py train " + " ".join(args.groups)
+        splits = zoo.grow_shipped_zoo(root / "zoo/hopper-v5", run_dirs, plan=plan, command=command)
+        print({k: len(v) for k, v in splits["runs"].items()}, "folds:", len(splits["folds"]))
         return 0
     for prov_path in sorted(training.glob("*/seed_*/provenance.json")):
         run_dir = prov_path.parent

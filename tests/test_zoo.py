@@ -1,4 +1,6 @@
 """Zoo assembly from fake TD3 runs: selection, fresh-seed admission, splits, loading; state dataset."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -300,3 +302,36 @@ def test_the_growth_plan_reads_and_names_its_learners():
     assert len({c.actor_init_seed for c in shared}) == 1 and shared[0].actor_init_seed >= 0
     every_seed = [s for name in plan.groups for s in plan.group(name, chosen_critic=[64, 64]).seeds]
     assert len(every_seed) == len(set(every_seed)) and not set(every_seed) & {0, 1, 2, 3}  # the shipped runs' seeds
+
+
+def test_growing_a_shipped_zoo_admits_finished_runs_only_keeps_its_members_and_splits_anew(tmp_path):
+    from nnae_utils.td3 import train_td3
+
+    base_runs = [fake_run(tmp_path / "old", r, [1.0, 2.0]) for r in range(3)]
+    records = zoo.build_zoo(zoo.select_candidates(base_runs, threshold=-1e9), tmp_path / "zoo", threshold=-1e9,
+                            episodes=1, provenance={"settings": "old"}, progress=False)
+    zoo.write_splits(tmp_path / "zoo", zoo.split_zoo(records, by="run", validation=1, test=1), records)
+    (tmp_path / "zoo" / "provenance.json").write_text(json.dumps({"command": "old"}))
+    plan = zoo.GrowthPlan(training_dir=tmp_path / "training", bar=-1e9, min_snapshot_step=200, candidates=2,
+                          step_cap=1000, td3=dict(learning_starts=200, eval_every=200, eval_episodes=1, eval_max_steps=30,
+                                                  checkpoint_every=200, actor_hidden=(8, 8), buffer_size=2000),
+                          groups={"tiny": {"critic_hidden": [16], "seeds": [10, 11, 12]}})
+    configs = plan.configs(plan.group("tiny"))
+    dirs = [zoo.run_folder(plan.training_dir, zoo.settings_digest(c), c.seed) for c in configs]
+    for c, d in zip(configs[:2], dirs[:2]):
+        train_td3(c, d, progress=False, done_when=plan.done_when)  # seed 12 is never trained: "not finished"
+    splits = zoo.grow_shipped_zoo(tmp_path / "zoo", {"tiny": dirs}, plan=plan, command="test", episodes=1,
+                                  held_out_share=0.2, fold_sizes=(1, 2), progress=False)
+    grown = zoo.load_zoo(tmp_path / "zoo")
+    runs = sorted({int(r["provenance"]["run"]) for r in grown.records})
+    assert runs == [0, 1, 2, 10, 11]
+    old = {r["id"]: r for r in records}
+    assert all(r["return_mean"] == old[r["id"]]["return_mean"] for r in grown.records if r["id"] in old)
+    assert sum(len(v) for v in splits["runs"].values()) == 5 and len(splits["runs"]["test"]) == 1
+    assert {f["k"] for f in splits["folds"]} == {1, 2}
+    prov = json.loads((tmp_path / "zoo" / "provenance.json").read_text())
+    assert prov["command"] == "old" and prov["growth"]["skipped"] == {"12": "not finished"}
+    assert prov["growth"]["runs"]["10"]["kept"] == 2 and prov["growth"]["runs"]["10"]["config"]["critic_hidden"] == [16]
+    new = [r for r in grown.records if r["provenance"]["run"] == 10]
+    assert new[0]["provenance"]["learner"] == "td3 critic 16" and new[0]["provenance"]["group"] == "tiny"
+    assert not (tmp_path / "zoo.partial").exists()
