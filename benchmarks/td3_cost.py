@@ -20,7 +20,7 @@ updating, so these are pure learner costs):
 - ``td3_c256`` (the baseline), ``td3_c128``, ``td3_c64``, ``td3_a256_c256``: our
   ``nnae_utils.td3.TD3Learner`` (actor 64-64, or 256-256 for the last; twin critic of the given
   width), one update = ``learner.update(buffer.sample(256, rng))``, as ``train_td3`` does it.
-- ``ens{K}_c{W}``: :class:`TD3Ensemble` below, K independent TD3 learners (actor 64-64, twin critic
+- ``ens{K}_c{W}``: :class:`nnae_utils.td3_ensemble.TD3Ensemble`, K independent TD3 learners (actor 64-64, twin critic
   W-W) stacked in one process: weights ``[K, out, in]`` (critics ``[2K, out, in]``: Q1s then Q2s),
   one ``torch.baddbmm`` per layer, each member its own minibatch, TD3's exact update math. One call
   is K member-updates. A self-check (run first, always) gives K separate ``TD3Learner``s and the
@@ -81,7 +81,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,6 +92,7 @@ sys.path.insert(0, str(ROOT))
 from nnae_utils.io import json_default  # noqa: E402
 from nnae_utils.provenance import code_revision, machine, runtime_versions  # noqa: E402
 from nnae_utils.td3 import Batch, ReplayBuffer, TD3Config, TD3Learner  # noqa: E402
+from nnae_utils.td3_ensemble import TD3Ensemble  # noqa: E402
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper-v5
 BATCH = 256
@@ -139,111 +140,7 @@ def make_learner(actor=(64, 64), critic=(256, 256), seed: int = 0) -> TD3Learner
     return TD3Learner.from_config(cfg, OBS_DIM, ACT_DIM)
 
 
-# --------------------------------------------------------------------------- the batched ensemble
-
-
-class TD3Ensemble:
-    """K independent TD3 learners, stacked: TD3Learner.update's math for all K in one set of bmm calls.
-
-    Actor layer j: weight ``[K, out, in]``, bias ``[K, out]``. Critic layer j: ``[2K, out, in]``,
-    rows ``0..K-1`` the members' Q1, ``K..2K-1`` their Q2 (so Q1 alone is the slice ``[:K]``).
-    Built from K ``TD3Learner``s (their weights copied; they are not used afterwards). Adam is
-    elementwise, so one Adam over the stacked tensors is K independent Adams; each member's loss
-    depends only on its own slice, so the gradient of the summed loss is each member's own.
-    """
-
-    def __init__(self, learners: Sequence[TD3Learner], *, actor_lr: float = 3e-4, critic_lr: float = 3e-4):
-        l0 = learners[0]
-        spec = l0.spec
-        if spec.layer_norm != "none" or spec.obs_norm or spec.activation != "relu":
-            raise ValueError("TD3Ensemble supports plain ReLU actors only")
-        self.k = len(learners)
-        self.gamma, self.tau = l0.gamma, l0.tau
-        self.policy_noise, self.noise_clip, self.policy_delay = l0.policy_noise, l0.noise_clip, l0.policy_delay
-
-        def stack(tensors, grad):
-            return torch.stack([t.detach().clone() for t in tensors]).contiguous().requires_grad_(grad)
-
-        def actor_params(attr, grad):
-            out = []
-            for j in range(len(l0.actor.layers)):
-                out.append(stack([getattr(ln, attr).layers[j].weight for ln in learners], grad))
-                out.append(stack([getattr(ln, attr).layers[j].bias for ln in learners], grad))
-            return out
-
-        def critic_params(attr, grad):
-            lin = lambda ln, q: [m for m in getattr(getattr(ln, attr), q) if isinstance(m, torch.nn.Linear)]  # noqa: E731
-            out = []
-            for j in range(len(lin(l0, "q1"))):
-                for name in ("weight", "bias"):
-                    out.append(stack([getattr(lin(ln, q)[j], name) for q in ("q1", "q2") for ln in learners], grad))
-            return out
-
-        self.actor, self.actor_target = actor_params("actor", True), actor_params("actor_target", False)
-        self.critic, self.critic_target = critic_params("critic", True), critic_params("critic_target", False)
-        self.actor_opt = torch.optim.Adam(self.actor, lr=actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic, lr=critic_lr)
-        self.n_updates = 0
-
-    @staticmethod
-    def _mlp(params: Sequence[torch.Tensor], x: torch.Tensor, out_fn=None) -> torch.Tensor:
-        n = len(params) // 2
-        for j in range(n):
-            w, b = params[2 * j], params[2 * j + 1]
-            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-            if j < n - 1:
-                x = torch.relu(x)
-        return out_fn(x) if out_fn is not None else x
-
-    def actor_forward(self, params, obs):
-        return self._mlp(params, obs, torch.tanh)
-
-    def q_both(self, params, obs, actions):
-        """``[2K, B, 1]``: Q1 of every member, then Q2."""
-        x = torch.cat([obs, actions], dim=-1)
-        return self._mlp(params, torch.cat([x, x], dim=0))
-
-    def update(self, obs, actions, rewards, next_obs, terminated, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One TD3 update of every member; tensors ``[K, B, dim]`` (rewards, terminated ``[K, B, 1]``).
-
-        ``noise``: the standard normal draw of the target-policy smoothing, ``[K, B, act]``
-        (drawn here when None). Returns each member's critic loss (Q1 MSE + Q2 MSE), ``[K]``.
-        """
-        k = self.k
-        with torch.no_grad():
-            if noise is None:
-                noise = torch.randn_like(actions)
-            noise = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
-            next_actions = (self.actor_forward(self.actor_target, next_obs) + noise).clamp(-1.0, 1.0)
-            q_next = self.q_both(self.critic_target, next_obs, next_actions)
-            target = rewards + (1.0 - terminated) * self.gamma * torch.min(q_next[:k], q_next[k:])
-        q = self.q_both(self.critic, obs, actions)
-        mse = (q - torch.cat([target, target], dim=0)).square().mean(dim=(1, 2))  # [2K]
-        self.critic_opt.zero_grad(set_to_none=True)
-        mse.sum().backward()
-        self.critic_opt.step()
-        self.n_updates += 1
-        if self.n_updates % self.policy_delay == 0:
-            q1_params = [p[:k] for p in self.critic]
-            x = torch.cat([obs, self.actor_forward(self.actor, obs)], dim=-1)
-            loss = -self._mlp(q1_params, x).mean(dim=(1, 2)).sum()
-            self.actor_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=self.actor)
-            self.actor_opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(self.critic_target, self.critic, self.tau)
-                torch._foreach_lerp_(self.actor_target, self.actor, self.tau)
-        return (mse[:k] + mse[k:]).detach()
-
-    def member_state(self, i: int) -> dict[str, list[torch.Tensor]]:
-        """Member i's weights, in TD3Learner's parameter order (for the self-check)."""
-        k = self.k
-
-        def critic(ps):  # TwinCritic.parameters(): all of q1's layers, then q2's
-            return [p[i].detach() for p in ps] + [p[k + i].detach() for p in ps]
-
-        return {"actor": [p[i].detach() for p in self.actor], "actor_target": [p[i].detach() for p in self.actor_target],
-                "critic": critic(self.critic), "critic_target": critic(self.critic_target)}
+# --------------------------------------------------------------------------- the batched ensemble (nnae_utils.td3_ensemble)
 
 
 def sample_stacked(buf: ReplayBuffer, k: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:

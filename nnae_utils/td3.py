@@ -623,6 +623,11 @@ def _set_env_state(env, saved: Mapping[str, Any]) -> None:
         limit._elapsed_steps = int(saved["elapsed_steps"])
 
 
+# Public names of the env-state helpers (nnae_utils.td3_ensemble checkpoints its members' envs with them).
+env_state = _env_state
+set_env_state = _set_env_state
+
+
 # --------------------------------------------------------------------------- the training loop
 
 
@@ -647,6 +652,303 @@ class TD3Run:
         return self.run_dir / CRITIC_FILE
 
 
+@dataclass
+class TD3State:
+    """Everything a run hands from one environment step to the next: what ``checkpoint.pt`` holds.
+
+    :meth:`save` and :meth:`read` / :meth:`restore` are the one place the checkpoint's format
+    lives: a dict of tensors and plain values (``torch.load(weights_only=True)``), with the replay
+    buffer beside it in ``buffer.npz``, written first, so that a checkpoint never points at a
+    buffer older than itself. The format is :data:`CHECKPOINT_VERSION` 1, unchanged since the
+    first runs of the zoo.
+    """
+
+    learner: TD3Learner
+    rng: np.random.Generator
+    """Warm-up actions, exploration noise and replay batches (torch's own generator: initialisation, target noise)."""
+    step: int = 0
+    """Environment steps done."""
+    episode: int = 0
+    """Training episodes begun before the current one (episode ``k`` resets with ``episode_seed(cfg.seed, k)``)."""
+    obs: np.ndarray | None = None
+    """The current observation; None between episodes."""
+    ep_return: float = 0.0
+    ep_len: int = 0
+    next_checkpoint: int = 0
+    """The periodic checkpoint is written at the first episode end at or after this step."""
+    wall_s: float = 0.0
+    """Wall seconds of the run, all sessions, when the state was last saved or loaded."""
+    update_time_s: float = 0.0
+    """Seconds of replay sampling and gradient updates, all sessions."""
+    updates_at_eval: int = 0
+    update_time_at_eval: float = 0.0
+    """``learner.n_updates`` and ``update_time_s`` at the last evaluation (the next row's updates_per_s)."""
+    last_return: float = float("nan")
+    """Mean return of the last evaluation."""
+    env_state: dict[str, Any] | None = None
+    """Loaded mid-episode: the env's MuJoCo state (None: between episodes, or not a MuJoCo env)."""
+    buffer_n_added: int = 0
+    """Loaded: ``n_added`` of the buffer written with the checkpoint."""
+
+    @classmethod
+    def fresh(cls, cfg: TD3Config, obs_dim: int, act_dim: int) -> "TD3State":
+        """Step 0: torch seeded with ``cfg.seed`` before the learner is built; one numpy Generator of ``cfg.seed``."""
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        return cls(learner=TD3Learner.from_config(cfg, obs_dim, act_dim), rng=rng, next_checkpoint=cfg.checkpoint_every)
+
+    def save(self, run_dir: Path, cfg: TD3Config, env, buffer: ReplayBuffer) -> None:
+        """Write ``buffer.npz``, then ``checkpoint.pt`` (mid-episode: with the env's MuJoCo state)."""
+        mid_episode = self.obs is not None
+        buffer.save(run_dir / BUFFER_FILE)  # first: a checkpoint never points at a buffer older than itself
+        saved = {
+            "version": CHECKPOINT_VERSION, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "learner": self.learner.state_dict(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state, "step": self.step, "episode": self.episode,
+            "next_checkpoint": self.next_checkpoint,
+            "obs": torch.from_numpy(np.asarray(self.obs, np.float64)) if mid_episode else None,
+            "env_state": _env_state(env) if mid_episode else None, "ep_return": self.ep_return, "ep_len": self.ep_len,
+            "buffer_n_added": buffer.n_added, "wall_s": self.wall_s, "update_time_s": self.update_time_s,
+            "updates_at_eval": self.updates_at_eval, "update_time_at_eval": self.update_time_at_eval,
+            "last_return": self.last_return,
+        }
+        atomic_write(run_dir / CHECKPOINT_FILE, lambda f: torch.save(saved, f))
+
+    @staticmethod
+    def read(run_dir: Path, cfg: TD3Config) -> dict[str, Any] | None:
+        """``run_dir``'s checkpoint as saved, or None; an error if it belongs to another run or lies beyond the config."""
+        path = run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        _check_same_run(TD3Config.from_dict(json.loads(saved["config"])), cfg, path)
+        if saved["step"] > cfg.total_steps:
+            raise ValueError(f"{path} is at step {saved['step']}, beyond total_steps={cfg.total_steps}")
+        return saved
+
+    @classmethod
+    def restore(cls, saved: Mapping[str, Any], cfg: TD3Config, obs_dim: int, act_dim: int) -> "TD3State":
+        """The state :meth:`read` returned, exactly: learner, both random generators, counters, clocks."""
+        state = cls.fresh(cfg, obs_dim, act_dim)  # the same construction as the run that saved it
+        state.learner.load_state_dict(saved["learner"])
+        torch.set_rng_state(saved["torch_rng"])
+        state.rng.bit_generator.state = saved["numpy_rng"]
+        state.step, state.episode = int(saved["step"]), int(saved["episode"])
+        state.next_checkpoint = int(saved["next_checkpoint"])
+        state.obs = None if saved["obs"] is None else saved["obs"].numpy()
+        state.ep_return, state.ep_len, state.env_state = float(saved["ep_return"]), int(saved["ep_len"]), saved["env_state"]
+        state.wall_s, state.update_time_s = float(saved["wall_s"]), float(saved["update_time_s"])
+        state.updates_at_eval, state.update_time_at_eval = int(saved["updates_at_eval"]), float(saved["update_time_at_eval"])
+        state.last_return, state.buffer_n_added = float(saved["last_return"]), int(saved["buffer_n_added"])
+        return state
+
+    def restore_buffer(self, run_dir: Path, cfg: TD3Config) -> ReplayBuffer | None:
+        """The buffer written with this checkpoint, or None if it is lost (another machine, or a newer one)."""
+        path = run_dir / BUFFER_FILE
+        if not path.is_file():
+            return None
+        loaded = ReplayBuffer.load(path)
+        spec = self.learner.spec
+        if loaded.capacity != cfg.buffer_size or (loaded.obs_dim, loaded.act_dim) != (spec.obs_dim, spec.act_dim):
+            raise ValueError(f"{path} does not match the config (capacity/sizes)")
+        want = self.buffer_n_added
+        if loaded.n_added == want:
+            return loaded
+        if want < loaded.n_added <= loaded.capacity:  # newer by a crash between the two writes
+            loaded.n_added = loaded.size = loaded.ptr = want
+            return loaded
+        return None
+
+    def resume_episode(self, env, cfg: TD3Config) -> bool:
+        """Put the episode a checkpoint stopped in back into ``env`` (its reset, then its MuJoCo state).
+        Without a saved env state (not MuJoCo) the episode is cut instead (False): the next one begins."""
+        if self.obs is None:
+            return True
+        env.reset(seed=episode_seed(cfg.seed, self.episode))
+        if self.env_state is None:
+            self.obs, self.ep_return, self.ep_len, self.episode = None, 0.0, 0, self.episode + 1
+            return False
+        _set_env_state(env, self.env_state)
+        return True
+
+
+class _Session:
+    """This process's part of a run: its clocks, and the run's ``provenance.json`` (config, versions,
+    sessions, core-seconds over all of them, buffer refills, episodes cut)."""
+
+    def __init__(self, path: Path):
+        self.path, self.prov = path, {}
+        self.t_start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.t0, self.core_before = self.t_start, 0.0
+
+    def begin(self, cfg: TD3Config, state: TD3State, resumed: bool, eval_seeds: np.ndarray) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        prov = json.loads(self.path.read_text()) if (resumed and self.path.is_file()) else {}
+        prov.setdefault("start_time", now)
+        for key in ("buffer_refilled_at_steps", "episodes_cut_at_steps", "sessions"):
+            prov.setdefault(key, [])
+        prov.setdefault("core_seconds", 0.0)
+        prov.update(config=cfg.to_dict(), versions=runtime_versions(), eval_seeds=eval_seeds.tolist(),
+                    finished=False, host=platform.node())
+        self.core_before = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])  # earlier sessions' CPU
+        prov["sessions"].append({"start_time": now, "start_step": state.step, "torch_threads": cfg.torch_threads})
+        self.prov, self.t0 = prov, time.perf_counter() - state.wall_s  # t0: the run's wall clock, over all sessions
+
+    def wall_s(self) -> float:
+        """Wall seconds of the run, all sessions."""
+        return time.perf_counter() - self.t0
+
+    def core_s(self) -> float:
+        """CPU seconds of the run, all sessions."""
+        return self.core_before + time.process_time() - self.cpu_start
+
+    def write(self, state: TD3State, finished: bool) -> None:
+        end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.prov["sessions"][-1].update(end_time=end, end_step=state.step,
+                                         wall_s=round(time.perf_counter() - self.t_start, 3),
+                                         core_seconds=round(time.process_time() - self.cpu_start, 3))
+        core = sum(s.get("core_seconds", 0.0) for s in self.prov["sessions"])
+        self.prov.update(end_time=end, total_wall_s=round(self.wall_s(), 3), core_seconds=round(core, 3), step=state.step,
+                         updates=state.learner.n_updates, train_episodes=state.episode, finished=finished)
+        write_json(self.path, self.prov)
+
+
+class _Trainer:
+    """The phases of :func:`train_td3`'s loop, on one run's state, env, buffer and files."""
+
+    def __init__(self, cfg: TD3Config, run_dir: Path, env, saved: Mapping[str, Any] | None, session: _Session):
+        from .rollouts import SUPPORTED_ENV_IDS
+
+        self.cfg, self.run_dir, self.env, self.session = cfg, run_dir, env, session
+        self.curve_path, self.snap_dir = run_dir / CURVE_FILE, run_dir / SNAPSHOT_DIR
+        self.space = env.action_space
+        obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(self.space.shape))
+        self.act_dim = act_dim
+        self.eval_seeds = selection_seeds(cfg)
+        self.eval_backend = "batched" if cfg.env_id in SUPPORTED_ENV_IDS else "gymnasium"
+        self.on_eval: Callable[[dict[str, Any]], None] | None = None
+        self.bar = None
+        if saved is None:
+            self.state = TD3State.fresh(cfg, obs_dim, act_dim)
+            self.buffer: ReplayBuffer | None = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size)
+            self._keep_outputs_up_to(None)  # leftovers of an attempt that never checkpointed: redone identically
+            self.last_checkpoint: int | None = None
+        else:
+            self.state = TD3State.restore(saved, cfg, obs_dim, act_dim)
+            self.buffer = self.state.restore_buffer(run_dir, cfg)
+            self._keep_outputs_up_to(self.state.step)  # evaluations made after the checkpoint are redone
+            self.last_checkpoint = self.state.step if self.buffer is not None else None  # on disk, and current
+        session.begin(cfg, self.state, resumed=saved is not None, eval_seeds=self.eval_seeds)
+        if not self.state.resume_episode(env, cfg):
+            session.prov["episodes_cut_at_steps"].append(self.state.step)
+
+    def _keep_outputs_up_to(self, step: int | None) -> None:
+        """Curve rows and snapshots after ``step`` removed (None: all of them)."""
+        rows = [r for r in _read_curve(self.curve_path) if step is not None and int(r["step"]) <= step]
+        if step is None and self.curve_path.exists():
+            self.curve_path.unlink()
+        _write_curve(self.curve_path, rows)
+        for p in self.snap_dir.glob("step_*.safetensors") if self.snap_dir.is_dir() else []:
+            if step is None or int(p.stem.split("_")[1]) > step:
+                p.unlink()
+
+    def curve(self) -> list[dict[str, str]]:
+        return _read_curve(self.curve_path)
+
+    def explore_action(self) -> np.ndarray:
+        """Uniform in the action space during warm-up; then the actor's action plus clipped Gaussian noise."""
+        s, space = self.state, self.space
+        if s.step < self.cfg.learning_starts:
+            return s.rng.uniform(space.low, space.high).astype(np.float32)
+        a = s.learner.act(s.obs) + s.rng.normal(0.0, self.cfg.exploration_noise, size=self.act_dim)
+        return np.clip(a, space.low, space.high).astype(np.float32)
+
+    def collect(self) -> None:
+        """One environment step into the buffer (a new episode first, when none is running)."""
+        s = self.state
+        if s.obs is None:
+            s.obs, _ = self.env.reset(seed=episode_seed(self.cfg.seed, s.episode))
+            s.ep_return, s.ep_len = 0.0, 0
+        action = self.explore_action()
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.buffer.add(s.obs, action, reward, next_obs, terminated)  # terminated only: bootstrap through truncation
+        s.obs, s.ep_return, s.ep_len = next_obs, s.ep_return + float(reward), s.ep_len + 1
+        if terminated or truncated:
+            s.episode, s.obs = s.episode + 1, None
+
+    def refill_buffer(self) -> None:
+        """A lost buffer (a new machine): refilled by the current actor, no updates, no steps counted."""
+        cfg = self.cfg
+        self.buffer = ReplayBuffer(self.state.learner.spec.obs_dim, self.act_dim, cfg.buffer_size)
+        n_refill = max(cfg.learning_starts, cfg.batch_size)
+        for _ in range(n_refill):
+            self.collect()
+        prov = self.session.prov
+        prov["buffer_refilled_at_steps"].append(self.state.step)
+        prov["buffer_refill_env_steps"] = prov.get("buffer_refill_env_steps", 0) + n_refill
+
+    def learn(self) -> None:
+        """One TD3 update on a replay batch (the time spent is the curve's update_time_s)."""
+        s = self.state
+        tu = time.perf_counter()
+        s.learner.update(self.buffer.sample(self.cfg.batch_size, s.rng))
+        s.update_time_s += time.perf_counter() - tu
+
+    def evaluate(self) -> None:
+        """The actor on the selection seeds: a curve row and a snapshot (its metadata says where it came from)."""
+        from .rollouts import evaluate
+
+        s, cfg = self.state, self.cfg
+        net = s.learner.actor_network()
+        result = evaluate(net, self.eval_seeds, backend=self.eval_backend, nthread=cfg.torch_threads,
+                          max_steps=cfg.eval_max_steps)
+        returns = np.asarray(result.returns, np.float64).reshape(-1)
+        d_upd, d_time = s.learner.n_updates - s.updates_at_eval, s.update_time_s - s.update_time_at_eval
+        row = {
+            "step": s.step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
+            "episodes": len(returns), "wall_s": round(self.session.wall_s(), 3),
+            "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": s.episode,
+            "updates": s.learner.n_updates, "update_time_s": round(s.update_time_s, 4),
+            "core_s": round(self.session.core_s(), 3),
+        }
+        net.extra_metadata.update({
+            "run_seed": str(cfg.seed), "step": str(s.step), "eval_return_mean": repr(float(returns.mean())),
+            "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(self.eval_seeds.tolist()),
+            "eval_max_steps": str(cfg.eval_max_steps), "trainer": "nnae_utils.td3",
+            "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
+        })
+        save_network(self.snap_dir / f"step_{s.step:07d}.safetensors", net)
+        _append_curve(self.curve_path, row)
+        s.last_return, s.updates_at_eval, s.update_time_at_eval = row["return_mean"], s.learner.n_updates, s.update_time_s
+        if self.bar is not None:
+            self.bar.set_postfix(ret=f"{s.last_return:.0f}", refresh=False)
+        if self.on_eval is not None:
+            self.on_eval(row)
+
+    def checkpoint(self) -> None:
+        """Buffer, checkpoint and provenance, as they are now."""
+        self.state.wall_s = self.session.wall_s()
+        self.state.save(self.run_dir, self.cfg, self.env, self.buffer)
+        self.last_checkpoint = self.state.step
+        self.session.write(self.state, finished=False)
+
+    def finish(self, done_early: bool, done_when) -> TD3Run:
+        """Provenance (and, for a finished run, the critic) written; the run's result."""
+        import pandas as pd
+
+        s, cfg = self.state, self.cfg
+        finished = s.step >= cfg.total_steps or done_early
+        if done_early:
+            self.session.prov["done_early"] = {"rule": repr(done_when), "step": s.step}
+        if finished:
+            save_critic(self.run_dir / CRITIC_FILE, s.learner.critic, {
+                "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(s.step), "run_seed": str(cfg.seed)})
+        self.session.write(s, finished=finished)
+        return TD3Run(run_dir=self.run_dir, step=s.step, finished=finished, curve=pd.read_csv(self.curve_path),
+                      final_return=s.last_return, snapshots=sorted(self.snap_dir.glob("step_*.safetensors")),
+                      wall_s=self.session.wall_s())
+
+
 def train_td3(
     cfg: TD3Config,
     run_dir: str | os.PathLike,
@@ -665,248 +967,95 @@ def train_td3(
     from ``curve.csv``, after each evaluation and on resume); it must be picklable for
     :func:`nnae_utils.zoo.train_runs`, and its ``repr`` is recorded in the provenance.
     """
-    import gymnasium as gym
-    import pandas as pd
     from tqdm import tqdm
 
-    from .rollouts import SUPPORTED_ENV_IDS, evaluate
-
-    # ---- loud checks before anything is built
+    # ---- loud checks, and the checkpoint read, before anything is built
     if not isinstance(cfg, TD3Config):
         raise TypeError(f"cfg must be a TD3Config, got {type(cfg).__name__}")
     check_env_id(cfg.env_id)
     if stop_at_step is not None and not 0 < stop_at_step:
         raise ValueError(f"stop_at_step must be > 0, got {stop_at_step}")
     run_dir = Path(run_dir)
-    ckpt_path, buffer_path = run_dir / CHECKPOINT_FILE, run_dir / BUFFER_FILE
-    curve_path, prov_path = run_dir / CURVE_FILE, run_dir / PROVENANCE_FILE
-    snap_dir = run_dir / SNAPSHOT_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_run_dir(run_dir)  # two processes training into one run_dir would corrupt it
     try:
-        ckpt = None
-        if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            _check_same_run(TD3Config.from_dict(json.loads(ckpt["config"])), cfg, ckpt_path)
-            if ckpt["step"] > cfg.total_steps:
-                raise ValueError(f"{ckpt_path} is at step {ckpt['step']}, beyond total_steps={cfg.total_steps}")
-        elif prov_path.is_file():  # a run that never reached its first checkpoint: same config or error
-            prov = json.loads(prov_path.read_text())
-            _check_same_run(TD3Config.from_dict(prov["config"]), cfg, prov_path)
-            if prov.get("finished") and (run_dir / CRITIC_FILE).is_file():
-                # a finished run shipped without its optimizer state (zoo.compact_finished_run): its
-                # curve, snapshots and critic are the result; only extending it would need the checkpoint
-                if cfg.total_steps > int(prov["step"]) and "done_early" not in prov:
-                    raise ValueError(f"{run_dir} finished at step {prov['step']} and its checkpoint was dropped: "
-                                     f"it cannot be extended to total_steps={cfg.total_steps}")
-                lock.close()
-                curve = pd.read_csv(curve_path)
-                return TD3Run(run_dir=run_dir, step=int(prov["step"]), finished=True, curve=curve,
-                              final_return=float(curve["return_mean"].iloc[-1]),
-                              snapshots=sorted(snap_dir.glob("step_*.safetensors")), wall_s=float(prov["total_wall_s"]))
-        env = gym.make(cfg.env_id)
-        space = env.action_space
-        if not isinstance(space, gym.spaces.Box) or not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
-            env.close()
-            raise ValueError(f"{cfg.env_id}: the actor's tanh output needs a Box action space in [-1, 1], got {space}")
+        saved = TD3State.read(run_dir, cfg)
+        compacted = _compacted_run(cfg, run_dir) if saved is None else None
+        if compacted is not None:  # finished, and shipped without its checkpoint: its files are the result
+            lock.close()
+            return compacted
+        env = _make_env(cfg)
     except BaseException:
         lock.close()
         raise
-    obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(space.shape))
-    cpu0, t_session = time.process_time(), time.perf_counter()
+    session = _Session(run_dir / PROVENANCE_FILE)  # this session's clocks start here
     with torch_threads(cfg.torch_threads):
         try:
-            # ---- seeding and state (fresh, or exactly as checkpointed)
-            torch.manual_seed(cfg.seed)
-            rng = np.random.default_rng(cfg.seed)
-            learner = TD3Learner.from_config(cfg, obs_dim, act_dim)
-            buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size)
-            eval_seeds = selection_seeds(cfg)
-            eval_backend = "batched" if cfg.env_id in SUPPORTED_ENV_IDS else "gymnasium"
-            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            prov = json.loads(prov_path.read_text()) if (ckpt is not None and prov_path.is_file()) else {}
-            prov.setdefault("start_time", now)
-            prov.setdefault("buffer_refilled_at_steps", [])
-            prov.setdefault("episodes_cut_at_steps", [])
-            prov.setdefault("sessions", [])
-            prov.setdefault("core_seconds", 0.0)
-            prov.update(config=cfg.to_dict(), versions=runtime_versions(), eval_seeds=eval_seeds.tolist(),
-                        finished=False, host=platform.node())
-            step, episode, ep_return, ep_len, obs = 0, 0, 0.0, 0, None
-            next_ckpt = cfg.checkpoint_every
-            wall_offset, update_time, updates_at_eval, update_time_at_eval, last_return = 0.0, 0.0, 0, 0.0, float("nan")
-            need_refill, last_ckpt_step = False, None
-            if ckpt is None:
-                if curve_path.exists():
-                    curve_path.unlink()  # leftovers of an attempt that never checkpointed: redone identically
-                for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
-                    p.unlink()
-                _write_curve(curve_path, [])
-            else:
-                learner.load_state_dict(ckpt["learner"])
-                torch.set_rng_state(ckpt["torch_rng"])
-                rng.bit_generator.state = ckpt["numpy_rng"]
-                step, episode = int(ckpt["step"]), int(ckpt["episode"])
-                next_ckpt = int(ckpt["next_checkpoint"])
-                wall_offset, update_time = float(ckpt["wall_s"]), float(ckpt["update_time_s"])
-                updates_at_eval, update_time_at_eval = int(ckpt["updates_at_eval"]), float(ckpt["update_time_at_eval"])
-                last_return = float(ckpt["last_return"])
-                if ckpt["obs"] is not None:  # stopped mid-episode: continue the very same episode
-                    env.reset(seed=episode_seed(cfg.seed, episode))
-                    if ckpt["env_state"] is None:
-                        prov["episodes_cut_at_steps"].append(step)  # not a MuJoCo env: the episode restarts
-                        episode += 1
-                    else:
-                        _set_env_state(env, ckpt["env_state"])
-                        obs = ckpt["obs"].numpy()
-                        ep_return, ep_len = float(ckpt["ep_return"]), int(ckpt["ep_len"])
-                # the buffer must be the one written with this checkpoint (it is written first)
-                if buffer_path.is_file():
-                    loaded = ReplayBuffer.load(buffer_path)
-                    if loaded.capacity != cfg.buffer_size or (loaded.obs_dim, loaded.act_dim) != (obs_dim, act_dim):
-                        raise ValueError(f"{buffer_path} does not match the config (capacity/sizes)")
-                    want = int(ckpt["buffer_n_added"])
-                    if loaded.n_added == want:
-                        buffer = loaded
-                    elif want < loaded.n_added <= loaded.capacity:  # newer by a crash between the two writes
-                        loaded.n_added = loaded.size = loaded.ptr = want
-                        buffer = loaded
-                    else:
-                        need_refill = True
-                else:
-                    need_refill = True
-                rows = [r for r in _read_curve(curve_path) if int(r["step"]) <= step]
-                _write_curve(curve_path, rows)  # drop evaluations made after the checkpoint
-                for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
-                    if int(p.stem.split("_")[1]) > step:
-                        p.unlink()
-            core_before = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])  # earlier sessions' CPU
-            prov["sessions"].append({"start_time": now, "start_step": step, "torch_threads": cfg.torch_threads})
-            t0 = time.perf_counter() - wall_offset  # wall clock of the run, over all sessions
-
-            def explore_action(o: np.ndarray, at_step: int) -> np.ndarray:
-                if at_step < cfg.learning_starts:
-                    return rng.uniform(space.low, space.high).astype(np.float32)
-                a = learner.act(o) + rng.normal(0.0, cfg.exploration_noise, size=act_dim)
-                return np.clip(a, space.low, space.high).astype(np.float32)
-
-            # ---- lost buffer (a new machine): refill it with the current actor, no updates, not counted
-            if need_refill:
-                n_refill = max(cfg.learning_starts, cfg.batch_size)
-                for _ in range(n_refill):
-                    if obs is None:
-                        obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
-                        ep_return, ep_len = 0.0, 0
-                    action = explore_action(obs, step)
-                    next_obs, reward, terminated, truncated, _ = env.step(action)
-                    buffer.add(obs, action, reward, next_obs, terminated)
-                    obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
-                    if terminated or truncated:
-                        episode, obs = episode + 1, None
-                prov["buffer_refilled_at_steps"].append(step)
-                prov.setdefault("buffer_refill_env_steps", 0)
-                prov["buffer_refill_env_steps"] += n_refill
-
-            def evaluate_and_snapshot() -> None:
-                nonlocal last_return, updates_at_eval, update_time_at_eval
-                net = learner.actor_network()
-                result = evaluate(net, eval_seeds, backend=eval_backend, nthread=cfg.torch_threads,
-                                  max_steps=cfg.eval_max_steps)
-                returns = np.asarray(result.returns, np.float64).reshape(-1)
-                d_upd, d_time = learner.n_updates - updates_at_eval, update_time - update_time_at_eval
-                row = {
-                    "step": step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
-                    "episodes": len(returns), "wall_s": round(time.perf_counter() - t0, 3),
-                    "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": episode,
-                    "updates": learner.n_updates, "update_time_s": round(update_time, 4),
-                    "core_s": round(core_before + time.process_time() - cpu0, 3),
-                }
-                net.extra_metadata.update({
-                    "run_seed": str(cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),
-                    "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(eval_seeds.tolist()),
-                    "eval_max_steps": str(cfg.eval_max_steps), "trainer": "nnae_utils.td3",
-                    "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
-                })
-                save_network(snap_dir / f"step_{step:07d}.safetensors", net)
-                _append_curve(curve_path, row)
-                last_return, updates_at_eval, update_time_at_eval = row["return_mean"], learner.n_updates, update_time
-                bar.set_postfix(ret=f"{last_return:.0f}", refresh=False)
-                if on_eval is not None:
-                    on_eval(row)
-
-            def checkpoint() -> None:
-                nonlocal last_ckpt_step
-                last_ckpt_step = step
-                mid_episode = obs is not None
-                env_state = _env_state(env) if mid_episode else None
-                buffer.save(buffer_path)  # first: a checkpoint never points at a buffer older than itself
-                state = {
-                    "version": CHECKPOINT_VERSION, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-                    "learner": learner.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": rng.bit_generator.state, "step": step, "episode": episode,
-                    "next_checkpoint": next_ckpt, "obs": torch.from_numpy(np.asarray(obs, np.float64)) if mid_episode else None,
-                    "env_state": env_state, "ep_return": ep_return, "ep_len": ep_len, "buffer_n_added": buffer.n_added,
-                    "wall_s": time.perf_counter() - t0, "update_time_s": update_time, "updates_at_eval": updates_at_eval,
-                    "update_time_at_eval": update_time_at_eval, "last_return": last_return,
-                }
-                atomic_write(ckpt_path, lambda f: torch.save(state, f))
-                write_provenance(finished=False)
-
-            def write_provenance(finished: bool) -> None:
-                end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                session = prov["sessions"][-1]
-                session.update(end_time=end, end_step=step, wall_s=round(time.perf_counter() - t_session, 3),
-                               core_seconds=round(time.process_time() - cpu0, 3))
-                core = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])
-                prov.update(end_time=end, total_wall_s=round(time.perf_counter() - t0, 3), core_seconds=round(core, 3),
-                            step=step, updates=learner.n_updates, train_episodes=episode, finished=finished)
-                write_json(prov_path, prov)
-
-            # ---- the loop
+            # ---- seeding and state: fresh, or exactly as checkpointed (a lost buffer refilled)
+            t = _Trainer(cfg, run_dir, env, saved, session)
+            t.on_eval, s = on_eval, t.state
+            if t.buffer is None:
+                t.refill_buffer()
             stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
-            done_early = done_when is not None and done_when(_read_curve(curve_path))
-            bar = tqdm(total=cfg.total_steps, initial=step, desc=f"TD3 seed {cfg.seed}", unit="step",
-                       disable=not progress, mininterval=2.0, dynamic_ncols=True)
-            with bar:
-                if step == 0 and ckpt is None:
-                    evaluate_and_snapshot()  # the untrained actor: curves start at step 0
-                while step < stop and not done_early:
-                    if obs is None:
-                        obs, _ = env.reset(seed=episode_seed(cfg.seed, episode))
-                        ep_return, ep_len = 0.0, 0
-                    action = explore_action(obs, step)
-                    next_obs, reward, terminated, truncated, _ = env.step(action)
-                    buffer.add(obs, action, reward, next_obs, terminated)  # bootstrap through truncation
-                    obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
-                    step += 1
-                    if step > cfg.learning_starts:
-                        tu = time.perf_counter()
-                        learner.update(buffer.sample(cfg.batch_size, rng))
-                        update_time += time.perf_counter() - tu
-                    if terminated or truncated:
-                        episode, obs = episode + 1, None
-                    if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                        evaluate_and_snapshot()
-                        done_early = done_when is not None and done_when(_read_curve(curve_path))
-                    if obs is None and step >= next_ckpt:
-                        next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                        checkpoint()
-                    bar.update(1)
-                if last_ckpt_step != step and (ckpt is None or step != int(ckpt["step"]) or need_refill):
-                    checkpoint()  # at the end, or where the caller stopped us
-            finished = step >= cfg.total_steps or done_early
-            if done_early:
-                prov["done_early"] = {"rule": repr(done_when), "step": step}
-            if finished:
-                save_critic(run_dir / CRITIC_FILE, learner.critic, {
-                    "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(step), "run_seed": str(cfg.seed)})
-            write_provenance(finished=finished)
-            curve = pd.read_csv(curve_path)
-            return TD3Run(run_dir=run_dir, step=step, finished=finished, curve=curve, final_return=last_return,
-                          snapshots=sorted(snap_dir.glob("step_*.safetensors")), wall_s=time.perf_counter() - t0)
+            done_early = done_when is not None and done_when(t.curve())
+            t.bar = tqdm(total=cfg.total_steps, initial=s.step, desc=f"TD3 seed {cfg.seed}", unit="step",
+                         disable=not progress, mininterval=2.0, dynamic_ncols=True)
+            with t.bar:
+                if saved is None:
+                    t.evaluate()  # the untrained actor: curves start at step 0
+                # ---- the loop: one env step, one update, and every so often an evaluation and a checkpoint
+                while s.step < stop and not done_early:
+                    t.collect()
+                    s.step += 1
+                    if s.step > cfg.learning_starts:
+                        t.learn()
+                    if s.step % cfg.eval_every == 0 or s.step == cfg.total_steps:
+                        t.evaluate()
+                        done_early = done_when is not None and done_when(t.curve())
+                    if s.obs is None and s.step >= s.next_checkpoint:  # at an episode end: no env state to keep
+                        s.next_checkpoint = (s.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                        t.checkpoint()
+                    t.bar.update(1)
+                if t.last_checkpoint != s.step:
+                    t.checkpoint()  # at the end, or where the caller stopped us
+            return t.finish(done_early, done_when)
         finally:
             env.close()
             lock.close()
+
+
+def _make_env(cfg: TD3Config):
+    """The run's gymnasium env; its action space must be the actor's tanh range."""
+    import gymnasium as gym
+
+    env = gym.make(cfg.env_id)
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box) or not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+        env.close()
+        raise ValueError(f"{cfg.env_id}: the actor's tanh output needs a Box action space in [-1, 1], got {space}")
+    return env
+
+
+def _compacted_run(cfg: TD3Config, run_dir: Path) -> TD3Run | None:
+    """A run without a checkpoint: None if it never reached its first one (it starts over, same config or
+    error), or, finished and shipped without its optimizer state (:func:`nnae_utils.zoo.compact_finished_run`),
+    its result from curve, snapshots and provenance: only extending it would need the checkpoint."""
+    import pandas as pd
+
+    prov_path = run_dir / PROVENANCE_FILE
+    if not prov_path.is_file():
+        return None
+    prov = json.loads(prov_path.read_text())
+    _check_same_run(TD3Config.from_dict(prov["config"]), cfg, prov_path)
+    if not (prov.get("finished") and (run_dir / CRITIC_FILE).is_file()):
+        return None
+    if cfg.total_steps > int(prov["step"]) and "done_early" not in prov:
+        raise ValueError(f"{run_dir} finished at step {prov['step']} and its checkpoint was dropped: "
+                         f"it cannot be extended to total_steps={cfg.total_steps}")
+    curve = pd.read_csv(run_dir / CURVE_FILE)
+    return TD3Run(run_dir=run_dir, step=int(prov["step"]), finished=True, curve=curve,
+                  final_return=float(curve["return_mean"].iloc[-1]),
+                  snapshots=sorted((run_dir / SNAPSHOT_DIR).glob("step_*.safetensors")), wall_s=float(prov["total_wall_s"]))
 
 
 def lock_run_dir(run_dir: Path):
