@@ -84,6 +84,19 @@ def run_folder(training_root: str | os.PathLike, settings: str, run_seed: int) -
     return Path(training_root) / str(settings) / f"seed_{int(run_seed)}"
 
 
+def ensemble_folder(training_root: str | os.PathLike, cfg: Any, k: int) -> Path:
+    """Where the members of a K-member TD3 ensemble (:mod:`nnae_utils.td3_ensemble`) of ``cfg``'s
+    settings live: ``<training root>/<settings digest>_ens<K>``, each in ``seed_<run seed>`` below it
+    (never confused with single-learner runs of the same settings)."""
+    return Path(training_root) / f"{settings_digest(cfg)}_ens{int(k)}"
+
+
+def ensemble_run_dirs(training_root: str | os.PathLike, configs: Sequence[Any]) -> list[Path]:
+    """The members' folders of one ensemble of ``configs`` (K = ``len(configs)``)."""
+    parent = ensemble_folder(training_root, configs[0], len(configs))
+    return [parent / f"seed_{int(c.seed)}" for c in configs]
+
+
 def _train_one(cfg, run_dir: str, done_when) -> str:
     from .td3 import train_td3
 
@@ -91,10 +104,18 @@ def _train_one(cfg, run_dir: str, done_when) -> str:
     return run_dir
 
 
+def _train_ensemble(configs, run_dirs: list[str], done_when) -> list[str]:
+    from .td3_ensemble import train_td3_ensemble
+
+    train_td3_ensemble(configs, [Path(d) for d in run_dirs], progress=False, done_when=done_when)
+    return run_dirs
+
+
 def train_runs(
     configs: Sequence[Any], work_root: Path, *, jobs: int = 2, progress: bool = True,
     done_when: EnoughCandidates | None = None,
     backend=None,
+    ensembles: Sequence[Sequence[Any]] = (),
 ) -> list[Path]:
     """Train (or resume) one TD3 run per config, ``jobs`` processes at a time, one torch thread each.
 
@@ -104,25 +125,33 @@ def train_runs(
     The progress bar follows the runs' ``curve.csv`` files, so it works across processes.
     ``backend`` (:mod:`nnae_utils.backends`; None: the current one) may run them as Ray tasks
     instead (``work_root`` must then be on a file system every node shares).
+    ``ensembles``: further runs, trained as K-member ensembles in one process each
+    (:func:`nnae_utils.td3_ensemble.train_td3_ensemble`), one list of configs per ensemble, in
+    :func:`ensemble_run_dirs`; they are submitted first. Returns every run's folder (the single
+    runs', then the ensembles' members').
     """
     backend = backends.resolve(backend)
     run_dirs = [run_folder(work_root, settings_digest(cfg), cfg.seed) for cfg in configs]
-    total = sum(cfg.total_steps for cfg in configs)
+    ens_dirs = [ensemble_run_dirs(work_root, group) for group in ensembles]
+    total = sum(cfg.total_steps for cfg in configs) + sum(c.total_steps for group in ensembles for c in group)
     # locally: spawned processes (fork would copy torch's thread pools into the children)
     with backend.executor(jobs) as pool, tqdm(
         total=total, desc="TD3 runs", unit="step", disable=not progress, mininterval=5
     ) as bar:
-        futures = [pool.submit(_train_one, cfg, str(d), done_when) for cfg, d in zip(configs, run_dirs)]
+        futures = [pool.submit(_train_ensemble, list(group), [str(d) for d in dirs], done_when)
+                   for group, dirs in zip(ensembles, ens_dirs)]
+        futures += [pool.submit(_train_one, cfg, str(d), done_when) for cfg, d in zip(configs, run_dirs)]
+        every = run_dirs + [d for dirs in ens_dirs for d in dirs]
         while True:
             done, _ = cf.wait(futures, timeout=5)
-            bar.n = sum(_last_step(d) for d in run_dirs)
-            bar.set_postfix(best=f"{max((_best_return(d) for d in run_dirs), default=float('nan')):.0f}")
+            bar.n = sum(_last_step(d) for d in every)
+            bar.set_postfix(best=f"{max((_best_return(d) for d in every), default=float('nan')):.0f}")
             bar.refresh()
             if len(done) == len(futures):
                 break
         for fut in futures:
             fut.result()  # re-raise a run's error here, naming it
-    return run_dirs
+    return every
 
 
 @dataclass(frozen=True)
@@ -134,6 +163,9 @@ class RunGroup:
     critic_hidden: tuple[int, ...]
     actor_init_seed: int = -1
     """>= 0: every run of the group starts from the actor this seed draws (shared initialisation)."""
+    ensemble: int = 1
+    """Runs trained together in one process (:mod:`nnae_utils.td3_ensemble`), the seeds taken K at a
+    time in order; 1: each run alone (:func:`nnae_utils.td3.train_td3`)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +173,9 @@ class GrowthPlan:
     """The grown zoo's runs, read from ``zoo/growth.yaml``: the shipped zoo's TD3 protocol, a
     stopping rule (``candidates`` evaluations at or above ``bar`` at or after ``min_snapshot_step``),
     a step cap (a run that hits it without enough candidates failed), and groups of seeds per learner.
-    A group whose learner is ``chosen`` uses the critic that the learner benchmark chose."""
+    A group whose learner is ``chosen`` uses the critic (and ensemble size) that the learner benchmark
+    chose. A group's ``ensemble: K`` (default 1) trains its seeds K at a time in one process
+    (:mod:`nnae_utils.td3_ensemble`), in ``<settings digest>_ens<K>/seed_<seed>`` (:meth:`run_dirs`)."""
 
     training_dir: Path
     bar: float
@@ -160,7 +194,7 @@ class GrowthPlan:
                    min_snapshot_step=int(data["min_snapshot_step"]), candidates=int(data["candidates"]),
                    step_cap=int(data["step_cap"]), td3=dict(data["td3"]), groups=dict(data["groups"]))
 
-    def group(self, name: str, chosen_critic: Sequence[int] | None = None) -> RunGroup:
+    def group(self, name: str, chosen_critic: Sequence[int] | None = None, chosen_ensemble: int = 1) -> RunGroup:
         if name not in self.groups:
             raise ValueError(f"no group {name!r} in the growth plan; it has {sorted(self.groups)}")
         g = self.groups[name]
@@ -169,9 +203,14 @@ class GrowthPlan:
                 raise ValueError(f"group {name!r} trains the chosen learner, and none is chosen yet "
                                  "(run benchmarks/zoo_learners.py first)")
             critic = tuple(chosen_critic)
+            ensemble = int(g.get("ensemble", chosen_ensemble))
         else:
             critic = tuple(g["critic_hidden"])
-        return RunGroup(name, tuple(int(s) for s in g["seeds"]), critic, int(g.get("actor_init_seed", -1)))
+            ensemble = int(g.get("ensemble", 1))
+        seeds = tuple(int(s) for s in g["seeds"])
+        if ensemble < 1 or len(seeds) % ensemble:
+            raise ValueError(f"group {name!r}: ensemble must be >= 1 and divide its {len(seeds)} seeds, got {ensemble}")
+        return RunGroup(name, seeds, critic, int(g.get("actor_init_seed", -1)), ensemble)
 
     def configs(self, group: RunGroup) -> list[Any]:
         from .td3 import TD3Config
@@ -179,9 +218,37 @@ class GrowthPlan:
         return [TD3Config(seed=s, total_steps=self.step_cap, critic_hidden=group.critic_hidden,
                           actor_init_seed=group.actor_init_seed, **self.td3) for s in group.seeds]
 
+    def ensembles(self, group: RunGroup) -> list[list[Any]]:
+        """The group's configs K = ``group.ensemble`` at a time, in seed order (one list per process)."""
+        configs = self.configs(group)
+        return [configs[i:i + group.ensemble] for i in range(0, len(configs), group.ensemble)]
+
+    def run_dirs(self, group: RunGroup, training_root: str | os.PathLike) -> list[Path]:
+        """Where the group's runs live, in seed order: ``<digest>/seed_<s>``, or for an ensemble
+        group ``<digest>_ens<K>/seed_<s>`` (:func:`ensemble_run_dirs`)."""
+        if group.ensemble == 1:
+            return [run_folder(training_root, settings_digest(c), c.seed) for c in self.configs(group)]
+        return [d for configs in self.ensembles(group) for d in ensemble_run_dirs(training_root, configs)]
+
     @property
     def done_when(self) -> EnoughCandidates:
         return EnoughCandidates(self.bar, self.candidates, self.min_snapshot_step)
+
+
+def prune_snapshots(run_dir: str | os.PathLike, *, keep_steps: Iterable[int], up_to: int | None = None) -> tuple[int, int]:
+    """Delete a run's snapshots other than the initial actor (step 0) and those at ``keep_steps``
+    (its candidates: nothing else can join the zoo), at or below step ``up_to`` (None: all).
+    Safe beside a training process, which never reads a snapshot back. Returns (removed, kept)."""
+    keep = {0, *(int(s) for s in keep_steps)}
+    removed = kept = 0
+    for p in sorted((Path(run_dir) / "snapshots").glob("step_*.safetensors")):
+        step = int(p.stem.split("_")[1])
+        if step in keep or (up_to is not None and step > up_to):
+            kept += 1
+        else:
+            p.unlink()
+            removed += 1
+    return removed, kept
 
 
 def compact_finished_run(run_dir: str | os.PathLike, *, keep_steps: Iterable[int]) -> dict[str, int]:
@@ -195,14 +262,7 @@ def compact_finished_run(run_dir: str | os.PathLike, *, keep_steps: Iterable[int
     prov = json.loads((run_dir / PROVENANCE_FILE).read_text())
     if not prov.get("finished") or not (run_dir / CRITIC_FILE).is_file():
         raise ValueError(f"{run_dir} has not finished (no final critic): it needs its checkpoint to resume")
-    keep = {0, *(int(s) for s in keep_steps)}
-    removed = kept = 0
-    for p in sorted((run_dir / "snapshots").glob("step_*.safetensors")):
-        if int(p.stem.split("_")[1]) in keep:
-            kept += 1
-        else:
-            p.unlink()
-            removed += 1
+    removed, kept = prune_snapshots(run_dir, keep_steps=keep_steps)
     for name in (CHECKPOINT_FILE, "buffer.npz"):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()

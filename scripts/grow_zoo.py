@@ -5,7 +5,9 @@
     python scripts/grow_zoo.py compact                       # finished runs: drop optimizer state, keep candidates
     python scripts/grow_zoo.py ship c128 c64 grow shared_init  # admit finished runs into zoo/hopper-v5, split anew
 
-Runs live in ``<training_dir>/<settings digest>/seed_<seed>`` and resume from their checkpoints;
+Runs live in ``<training_dir>/<settings digest>/seed_<seed>`` and resume from their checkpoints; a
+group with ``ensemble: K`` trains its seeds K at a time in one process (``nnae_utils.td3_ensemble``),
+in ``<training_dir>/<settings digest>_ens<K>/seed_<seed>``;
 a run stops once it holds the plan's number of candidate snapshots, or at the step cap (a failure).
 Start it from a worktree frozen at one commit, with ``--root`` pointing at the checkout whose
 ``zoo/training`` the runs should fill.
@@ -31,6 +33,13 @@ def chosen_critic(root: Path) -> list[int] | None:
     return chosen["critic_hidden"] if chosen else None
 
 
+def chosen_ensemble(root: Path) -> int:
+    """The chosen learner's ensemble size (1: single learners; also when none is chosen yet)."""
+    path = root / CHOSEN
+    chosen = json.loads(path.read_text()).get("chosen") if path.is_file() else None
+    return int(chosen.get("ensemble", 1)) if chosen else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["train", "compact", "ship"])
@@ -44,29 +53,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         if not args.groups:
             ap.error("name at least one group")
-        groups = [plan.group(g, chosen_critic(root)) for g in args.groups]  # every error before any training
-        per_group = [plan.configs(g) for g in groups]
+        # every error before any training
+        groups = [plan.group(g, chosen_critic(root), chosen_ensemble(root)) for g in args.groups]
+        # ensemble groups: one process per ensemble of K seeds (nnae_utils.td3_ensemble), submitted first
+        ensembles = [e for g in groups if g.ensemble > 1 for e in plan.ensembles(g)]
+        per_group = [plan.configs(g) for g in groups if g.ensemble == 1]
         configs = [c for batch in zip(*per_group) for c in batch]  # interleaved: every learner moves early
-        longest = max(len(p) for p in per_group)
-        configs += [c for p in per_group for c in p[min(len(q) for q in per_group):longest]]
-        zoo.train_runs(configs, training, jobs=args.jobs, done_when=plan.done_when)
+        if per_group:
+            longest = max(len(p) for p in per_group)
+            configs += [c for p in per_group for c in p[min(len(q) for q in per_group):longest]]
+        zoo.train_runs(configs, training, jobs=args.jobs, done_when=plan.done_when, ensembles=ensembles)
         return 0
     if args.command == "ship":
-        groups = {g: plan.group(g, chosen_critic(root)) for g in args.groups}
-        run_dirs = {g: [zoo.run_folder(training, zoo.settings_digest(c), c.seed) for c in plan.configs(grp)]
-                    for g, grp in groups.items()}
+        groups = {g: plan.group(g, chosen_critic(root), chosen_ensemble(root)) for g in args.groups}
+        run_dirs = {g: plan.run_dirs(grp, training) for g, grp in groups.items()}
         command = "python scripts/grow_zoo.py train " + " ".join(args.groups)
         splits = zoo.grow_shipped_zoo(root / "zoo/hopper-v5", run_dirs, plan=plan, command=command)
         print({k: len(v) for k, v in splits["runs"].items()}, "folds:", len(splits["folds"]))
         return 0
+    # finished runs keep curve, provenance, critic and candidate snapshots; unfinished ones also keep
+    # their checkpoint (what a resume on a new machine needs: the buffer is refilled, and recorded)
+    critic = chosen_critic(root)
+    plan_runs = {zoo.run_folder(training, zoo.settings_digest(c), c.seed)
+                 for name, g in plan.groups.items() if g.get("learner") != "chosen" or critic
+                 for c in plan.configs(plan.group(name, critic))}
     for prov_path in sorted(training.glob("*/seed_*/provenance.json")):
         run_dir = prov_path.parent
+        if run_dir not in plan_runs:
+            continue  # the shipped zoo's own runs stay as they were committed
         prov = json.loads(prov_path.read_text())
-        if not prov.get("finished") or not (run_dir / "checkpoint.pt").is_file():
-            continue
         curve = zoo.training_curves([run_dir])
-        keep = curve[(curve["return_mean"] >= plan.bar) & (curve["step"] >= plan.min_snapshot_step)]["step"]
-        print(run_dir.relative_to(root), zoo.compact_finished_run(run_dir, keep_steps=keep.astype(int)))
+        if not len(curve):
+            continue
+        keep = curve[(curve["return_mean"] >= plan.bar) & (curve["step"] >= plan.min_snapshot_step)]["step"].astype(int)
+        if prov.get("finished") and (run_dir / "checkpoint.pt").is_file():
+            print(run_dir.relative_to(root), zoo.compact_finished_run(run_dir, keep_steps=keep))
+        elif not prov.get("finished"):
+            removed, kept = zoo.prune_snapshots(run_dir, keep_steps=keep, up_to=int(curve["step"].max()))
+            print(run_dir.relative_to(root), {"removed": removed, "kept_snapshots": kept})
     return 0
 
 
