@@ -5,7 +5,9 @@
 
 Reads the runs of each learner in ``zoo/growth.yaml`` (the cheaper learners' benchmark groups) and
 the shipped zoo's four runs (critic 256-256, the current learner), all trained with the same
-protocol (actor 64-64 relu, selection evaluation on 5 seeds every 5000 steps). For every run:
+protocol (actor 64-64 relu, selection evaluation on 5 seeds every 5000 steps); a group with
+``ensemble: K`` trains K runs in one process (``nnae_utils.td3_ensemble``), each run's ``core_s``
+being its share of that process's CPU. For every run:
 
 - ``core_h_to_bar``: CPU core-hours to its first evaluation at or above the bar;
 - ``core_h_to_k``: to its K-th candidate (an evaluation at or above the bar at or after the plan's
@@ -103,11 +105,12 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=10, help="admission and report episodes (the zoo's)")
     args = ap.parse_args(argv)
     plan = zoo.GrowthPlan.read(ROOT / "zoo/growth.yaml")
-    learners = [SHIPPED] + [
-        {"name": name, "folder": zoo.settings_digest(plan.configs(plan.group(name))[0]),
-         "critic_hidden": list(plan.group(name).critic_hidden), "seeds": list(plan.group(name).seeds)}
+    learners = [{**SHIPPED, "ensemble": 1}] + [
+        {"name": name, "folder": str(plan.run_dirs(plan.group(name), ".")[0].parent),
+         "critic_hidden": list(plan.group(name).critic_hidden), "ensemble": plan.group(name).ensemble,
+         "seeds": list(plan.group(name).seeds)}
         for name, g in plan.groups.items() if g.get("learner") != "chosen"
-    ]
+    ]  # an ensemble group's runs live in <settings digest>_ens<K>/seed_<seed> (zoo.ensemble_folder)
     results = []
     for learner in learners:
         runs = []
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
         "benchmark": "benchmarks/zoo_learners.py", "bar": plan.bar, "candidates_k": plan.candidates,
         "min_snapshot_step": plan.min_snapshot_step, "step_cap": plan.step_cap, "min_kept": args.min_kept,
         "min_runs": args.min_runs, "learners": results,
-        "chosen": ({"name": best["name"], "critic_hidden": best["critic_hidden"]} if ready and best else None),
+        "chosen": ({"name": best["name"], "critic_hidden": best["critic_hidden"], "ensemble": best["ensemble"]}
+                   if ready and best else None),
         "leader_so_far": best["name"] if best else None,
         "versions": provenance.runtime_versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
