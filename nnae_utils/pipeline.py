@@ -423,6 +423,7 @@ def assemble_book(run_dir: Path) -> Path:
 
     profile = profile_of_run(run_dir)
     (generated / "findings.md").write_text(findings_markdown(run_dir, status, profile))
+    (generated / "profile_note.md").write_text(_profile_note(run_dir, profile) + "\n")
     (generated / "glance.md").write_text(glance_markdown(run_dir, status, profile))
     (generated / "summary_figure.md").write_text(summary_figure_markdown(run_dir, status, generated))
     (generated / "stage_map.md").write_text(stage_map_markdown(status))
@@ -577,7 +578,7 @@ def findings_markdown(run_dir: Path, status: Mapping[str, str], profile: str | N
     stage's executed notebook (``{glue:text}`/notebooks/<folder>::key:s```), a link to its chapter;
     or a sentence saying that the stage did not run here, or does not exist yet."""
     by_number = {stage_number(s): s for s in STAGES}
-    parts = [_profile_note(run_dir, profile)]
+    parts = []  # the profile note opens the landing page's results (assemble_book writes it apart)
     for number, title in sorted({**PLANNED_STAGES, **{n: s.folder for n, s in by_number.items()
                                                        if n not in PLANNED_STAGES}}.items()):
         stage = by_number.get(number)
@@ -614,34 +615,53 @@ def findings_markdown(run_dir: Path, status: Mapping[str, str], profile: str | N
 
 
 def glance_markdown(run_dir: Path, status: Mapping[str, str], profile: str | None) -> str:
-    """The landing page's "results at a glance" table (``book/findings/glance.md``): each row's
-    cells glued from the stages it names; a row whose stages are not chapters of this book says so."""
-    template = PROJECT_ROOT / "book" / "findings" / "glance.md"
+    """The landing page's "results at a glance" table (``book/findings/glance.yaml``), a list-table:
+    each row's cells glued from the stages it names, a long cell folded behind a dropdown; a row whose
+    stages are not chapters of this book says so."""
+    template = PROJECT_ROOT / "book" / "findings" / "glance.yaml"
     if not template.is_file():
         return ""
+    spec = yaml.safe_load(template.read_text())
     by_number = {stage_number(s): s for s in STAGES}
-    rows = []
-    for line in template.read_text().strip().splitlines():
-        numbers = {int(n) for n in re.findall(r"@(?:STAGE|CHAPTER)(\d+)@", line)}
-        stages = [by_number.get(n) for n in sorted(numbers)]
+
+    def cell(text: str, fold: str | None = None) -> str:
+        text = " ".join(str(text).split()) or "n/a"
+        return f"::::{{dropdown}} {fold}\n    {text}\n    ::::" if fold else text
+
+    rows = [list(spec["header"])]
+    for row in spec["rows"]:
+        texts = {key: str(row.get(key, "")) for key in ("answer", "numbers")}
+        numbers = {int(n) for n in re.findall(r"@(?:STAGE|CHAPTER)(\d+)@", " ".join(texts.values()))}
+        stages = [by_number.get(n) for n in sorted(numbers | {int(row["section"])})]
         if any(s is None or status.get(s.name) != "chapter" for s in stages):
-            cells = line.strip().strip("|").split("|")
-            question = re.sub(r"\s*\(\{doc\}`[^`]*`\)", "", cells[0]).strip()  # no link to a missing chapter
-            rows.append(f"| {question} | not computed for this book |" + " |" * (len(cells) - 2))
+            rows.append([row["question"], "not computed for this book", "n/a", "n/a"])
             continue
         for stage in stages:
             source = f"/notebooks/{stage.folder}.ipynb"
-            line = (line.replace(f"@STAGE{stage_number(stage)}@", source)
-                    .replace(f"@CHAPTER{stage_number(stage)}@", f"/notebooks/{stage.folder}"))
-            wanted = set(re.findall(r"\{glue:text\}`" + re.escape(source) + r"::([A-Za-z0-9_]+)(?::[^`]*)?`", line))
-            missing = wanted - glue_keys(run_dir / "executed" / f"{stage.folder}.ipynb")
-            if missing:
-                raise PipelineError(
-                    f"book/findings/glance.md pastes {sorted(missing)}, which {stage.notebook} no longer glues; "
-                    "update the page or the notebook"
-                )
-        rows.append(line.replace("@PROFILE@", f"`{profile}`" if profile else "custom"))
-    return "\n".join(rows) + "\n"
+            for key, text in texts.items():
+                texts[key] = text = (text.replace(f"@STAGE{stage_number(stage)}@", source)
+                                     .replace(f"@CHAPTER{stage_number(stage)}@", f"/notebooks/{stage.folder}"))
+                wanted = set(re.findall(r"\{glue:text\}`" + re.escape(source) + r"::([A-Za-z0-9_]+)(?::[^`]*)?`", text))
+                missing = wanted - glue_keys(run_dir / "executed" / f"{stage.folder}.ipynb")
+                if missing:
+                    raise PipelineError(
+                        f"book/findings/glance.yaml pastes {sorted(missing)}, which {stage.notebook} no longer glues; "
+                        "update the page or the notebook"
+                    )
+        section = by_number[int(row["section"])]
+        rows.append([
+            f"{row['question']} ({{doc}}`chapter {row['section']} </notebooks/{section.folder}>`)",
+            cell(texts["answer"], row.get("fold_answer")), cell(texts["numbers"], row.get("fold_numbers")),
+            " ".join(filter(None, [f"`{profile}`" if profile else "custom parameters", row.get("profile")])),
+        ])
+    out = [":::{list-table}", ":header-rows: 1"]
+    if spec.get("widths"):
+        out.append(":widths: " + " ".join(str(w) for w in spec["widths"]))
+    out.append("")
+    for r in rows:
+        out.append(f"* - {r[0]}")
+        out += [f"  - {c}" for c in r[1:]]
+    return "\n".join(out + [":::"]) + "\n"
 
 
 SUMMARY_FIGURE = (3, "Retention (decoded / input return) with 95% bootstrap CIs per layer")

@@ -264,7 +264,16 @@ async function main() {
           await page.waitForTimeout(500);
           const after = await statik.screenshot();
           const changed = !before.equals(after);
-          current.staticExplorer = { changed };
+          // and its menu switches to another network, layer or code
+          const menu = statik.locator("select").first();
+          let menuChanged = null;
+          if (await menu.count() && (await menu.locator("option").count()) > 1) {
+            await menu.selectOption({ index: 1 });
+            await page.waitForTimeout(500);
+            menuChanged = !after.equals(await statik.screenshot());
+            if (!menuChanged) current.problems.push("the static explorer's menu did not change what it shows");
+          }
+          current.staticExplorer = { changed, menuChanged };
           if (!changed) current.problems.push("moving the static explorer's slider did not change what it shows");
           if (args.shots) {
             const b = path.join(args.shots, "explorer-static-before.png");
