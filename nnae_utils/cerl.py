@@ -88,6 +88,8 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,7 +103,8 @@ import numpy as np
 
 from . import evolution as evo
 from .backends import torch_threads
-from .genomes import AnchoredGenome, Genome, WeightGenome, action_distance, mutate
+from .genomes import AnchoredGenome, Genome, WeightGenome, action_distance
+from .io import swap_folder, write_text
 from .policies import Network, load_network, save_network
 from .rollouts import EvalResult, evaluate
 from .seeds import eval_seeds
@@ -275,7 +278,7 @@ class CERLResult:
     state: evo.RunState
     """Population, champion (a flat weight vector: it may be a learner's actor), counters, curve."""
     log: dict[str, Any]
-    """Resource manager, migrations, step accounting by source, time."""
+    """Resource manager, migrations, step accounting by source, time: :meth:`HybridState.to_log`, ``log.json``."""
 
 
 # --------------------------------------------------------------------------- pieces
@@ -360,41 +363,121 @@ def _answer(step: Generator[evo.EvalRequest, EvalResult, Any], episodes: Callabl
         return stop.value
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- the run's state and checkpoint
 
 
-def _save_checkpoint(folder: Path, state: evo.RunState, fingerprint: str, learners: list, buffer, log: dict) -> None:
-    """Write the four files into a fresh folder, then swap it into place (a crash leaves the old one whole)."""
+@dataclass
+class ResourceManager:
+    """CERL's resource manager: which learner plays each of the next generation's learner episodes.
+
+    ``equal`` deals them round-robin (CERL's starting allocation, never changed); ``ucb`` draws
+    them by :func:`ucb_allocation` over the learners' moving averages of returns and visit counts.
+    """
+
+    allocation: list[int]
+    """The learner of each of the next generation's learner episodes."""
+    values: list[float | None]
+    """Each learner's exponential moving average of its rollout returns (None: no rollout yet)."""
+    visits: list[int]
+    """Each learner's rollouts, plus one (CERL counts every learner once from the start)."""
+
+    @classmethod
+    def start(cls, cfg: CERLConfig) -> "ResourceManager":
+        n = cfg.n_learners
+        return cls(equal_allocation(n, cfg.learner_episodes).tolist(), [None] * n, [1] * n)
+
+    def record(self, k: int, returns: Sequence[float], value_ema: float) -> None:
+        """Learner ``k``'s rollout returns, in order, into its moving average and visit count."""
+        for ret in returns:
+            v = self.values[k]
+            self.values[k] = float(ret) if v is None else value_ema * float(ret) + (1 - value_ema) * v
+            self.visits[k] += 1
+
+    def allocate(self, cfg: CERLConfig, rng: np.random.Generator) -> None:
+        """The next generation's allocation (``ucb`` with more than one learner draws from ``rng``)."""
+        if cfg.resource_manager == "ucb" and cfg.n_learners > 1:
+            self.allocation = ucb_allocation(self.values, self.visits, cfg.learner_episodes, cfg.ucb_c, rng).tolist()
+
+
+@dataclass
+class HybridState:
+    """What a CERL run keeps beside the population's :class:`nnae_utils.evolution.RunState`, its
+    learners and its buffer: the resource manager, the learners' update debt, the env steps by
+    source, migrations and lineage, and time. It is ``log.json`` (:meth:`to_log`, :meth:`from_log`),
+    and :attr:`CERLResult.log` is that dict."""
+
+    manager: ResourceManager
+    updates_owed: float = 0.0
+    """Gradient updates per learner earned and not yet made (fractional with updates_per_step < 1)."""
+    unpaid_steps: int = 0
+    """Env steps added to the buffer since the last updates."""
+    buffer_n_added: int = 0
+    population_steps: int = 0
+    learner_steps: int = 0
+    elite_steps: int = 0
+    probe_steps: int = 0
+    """Counted env steps by source (population fitness, learner rollouts, champion re-evaluation), and the
+    uncounted steps of migrant probes."""
+    episodes: int = 0
+    terminated_episodes: int = 0
+    """Counted episodes, and those that ended unhealthy."""
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per migrant: where it went, its functional distance and, probed, both returns."""
+    migrant_slots: list[dict[str, int]] = field(default_factory=list)
+    """Last generation's migrants (their entries and slots), ranked at the next fitness evaluation."""
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    """Per generation: wall seconds since the run began and the updates each learner made."""
+    from_migrant: list[bool] | None = None
+    """Lineage: whether a migrant is among each individual's ancestors (None: no population)."""
+    champion_lineage: str | None = None
+    anchors: list[str] = field(default_factory=list)
+    """Files of the migrants that became anchors of the population's genome, in order."""
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    update_s: float = 0.0
+    sessions: int = 0
+
+    _MANAGER = ("allocation", "values", "visits")
+
+    def to_log(self) -> dict[str, Any]:
+        """The JSON form (``log.json``): the manager's fields first, then the rest, as always."""
+        log: dict[str, Any] = {"version": LOG_VERSION, **dataclasses.asdict(self.manager)}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "manager" or (f.name == "from_migrant" and value is None) or (f.name == "anchors" and not value):
+                continue
+            log[f.name] = copy.deepcopy(value)
+        return log
+
+    @classmethod
+    def from_log(cls, log: Mapping[str, Any]) -> "HybridState":
+        manager = ResourceManager(*(copy.deepcopy(log[k]) for k in cls._MANAGER))
+        known = {f.name for f in dataclasses.fields(cls)} - {"manager"}
+        return cls(manager=manager, **{k: copy.deepcopy(v) for k, v in log.items() if k in known})
+
+
+def save_checkpoint(folder: Path, fingerprint: str, state: evo.RunState, hybrid: HybridState, learners: list,
+                    buffer) -> None:
+    """A run's checkpoint, its four files written into a fresh folder swapped into place
+    (:func:`nnae_utils.io.swap_folder`: a crash leaves the old one whole)."""
     import torch
 
-    final, tmp, old = folder / CHECKPOINT_DIR, folder / f"{CHECKPOINT_DIR}.tmp", folder / f"{CHECKPOINT_DIR}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    buffer.save(tmp / "buffer.npz")
+    staging = folder / f"{CHECKPOINT_DIR}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    buffer.save(staging / "buffer.npz")
     torch.save({"learners": [learner.state_dict() for learner in learners], "torch_rng": torch.get_rng_state(),
-                "generation": state.generation}, tmp / "learners.pt")
-    (tmp / "log.json").write_text(json.dumps(log))
-    state.save(tmp / "state.npz", fingerprint)
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+                "generation": state.generation}, staging / "learners.pt")
+    write_text(staging / "log.json", json.dumps(hybrid.to_log()))
+    state.save(staging / "state.npz", fingerprint)
+    swap_folder(staging, folder / CHECKPOINT_DIR)
 
 
-def finished_runs(folder: str | os.PathLike) -> list[Path]:
-    """The run folders (``checkpoint_dir``) directly under ``folder`` whose checkpoint says they finished."""
-    return [state.parent.parent for state in sorted(Path(folder).glob(f"*/{CHECKPOINT_DIR}/state.npz"))
-            if evo.RunState.read_meta(state)["done"]]
+def load_checkpoint(folder: Path, fingerprint: str):
+    """(state, hybrid state, learners payload, buffer), or None; an error if the checkpoint belongs to another run.
 
-
-def _load_checkpoint(folder: Path, fingerprint: str):
-    """(state, learners payload, buffer, log), or None; an error if the checkpoint belongs to another run.
-
-    A finished run gives (state, None, None, log): its learners and buffer are neither read nor needed.
+    A finished run gives (state, hybrid, None, None): its learners and buffer are neither read nor needed.
     """
     import torch
 
@@ -405,14 +488,20 @@ def _load_checkpoint(folder: Path, fingerprint: str):
     if path is None:
         return None
     state = evo.RunState.load(path / "state.npz", fingerprint)
-    log = json.loads((path / "log.json").read_text())
+    hybrid = HybridState.from_log(json.loads((path / "log.json").read_text()))
     if state.done:
-        return state, None, None, log
+        return state, hybrid, None, None
     payload = torch.load(path / "learners.pt", map_location="cpu", weights_only=True)
     buffer = ReplayBuffer.load(path / "buffer.npz")
-    if payload["generation"] != state.generation or buffer.n_added != log["buffer_n_added"]:
+    if payload["generation"] != state.generation or buffer.n_added != hybrid.buffer_n_added:
         raise RuntimeError(f"checkpoint {path} is inconsistent (learners, buffer and state differ)")
-    return state, payload, buffer, log
+    return state, hybrid, payload, buffer
+
+
+def finished_runs(folder: str | os.PathLike) -> list[Path]:
+    """The run folders (``checkpoint_dir``) directly under ``folder`` whose checkpoint says they finished."""
+    return [state.parent.parent for state in sorted(Path(folder).glob(f"*/{CHECKPOINT_DIR}/state.npz"))
+            if evo.RunState.read_meta(state)["done"]]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -423,90 +512,15 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
 
     ``stop_after``: return after that many generations, as if killed there (tests check resuming).
     """
-    import torch
-
-    from .td3 import ReplayBuffer
-
-    cfg, genome, spec = run.config, run.genome, run.genome.spec
-    if isinstance(genome, AnchoredGenome):
-        genome = genome.without_migrants()  # this session's own copy: migrants become its anchors
-    weights = WeightGenome(spec)  # champions are networks (a learner's actor may win): scored as weight vectors
-    folder = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else None
-    fingerprint = run.fingerprint
-    t_session, cpu_session = time.perf_counter(), time.process_time()
+    cfg = run.config
     with torch_threads(cfg.torch_threads):
-        # ---- seeding and state (fresh, or exactly as checkpointed)
-        torch.manual_seed(cfg.seed)
-        learners = make_learners(cfg, spec, run.start, run.critic)
-        saved = _load_checkpoint(folder, fingerprint) if folder is not None else None
-        if saved is not None:
-            state, payload, buffer, log = saved
-            if state.done:  # finished in an earlier session (perhaps on another machine): its result as it was
-                return CERLResult(run.run_id, state, log)
-            for learner, sd in zip(learners, payload["learners"]):
-                learner.load_state_dict(sd)
-            torch.set_rng_state(payload["torch_rng"])
-            for name in log.get("anchors", []):  # the migrants that became anchors, in order
-                genome.anchors.append(load_network(folder / name))
-        else:
-            state = evo.RunState(rng=np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
-            buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size)
-            log = {
-                "version": LOG_VERSION, "allocation": equal_allocation(cfg.n_learners, cfg.learner_episodes).tolist(),
-                "values": [None] * cfg.n_learners, "visits": [1] * cfg.n_learners,  # CERL counts every learner once
-                "updates_owed": 0.0, "unpaid_steps": 0, "buffer_n_added": 0,
-                "population_steps": 0, "learner_steps": 0, "elite_steps": 0, "probe_steps": 0,
-                "episodes": 0, "terminated_episodes": 0,  # counted episodes, and those that ended unhealthy
-                "migrations": [], "migrant_slots": [], "generations": [],
-                "wall_s": 0.0, "cpu_s": 0.0, "update_s": 0.0, "sessions": 0,
-            }
-            if cfg.pop_size:
-                if run.start is None:
-                    state.population = genome.random_codes(cfg.pop_size, state.rng)
-                else:  # the start's code and mutants of it, as stage 4 fine-tunes
-                    z0 = genome.encode(run.start)[0]
-                    mutants = mutate(np.repeat(z0[None], cfg.pop_size - 1, axis=0), cfg.sigma, genome.scale, state.rng)
-                    state.population = np.vstack([z0[None], mutants])
-                log["from_migrant"] = [False] * cfg.pop_size  # lineage: whether a migrant is among an individual's ancestors
-                log["champion_lineage"] = "start" if run.start is not None else None
-        log["sessions"] += 1
-        wall0, cpu0 = log["wall_s"], log["cpu_s"]
-        last: dict[str, EvalResult] = {}  # the latest result per purpose (the elite scores are read from it)
-
-        def episodes(request: evo.EvalRequest, noise: float = 0.0) -> EvalResult:
-            """The suite's one evaluation function; counted episodes fill the shared buffer."""
-            record = "transitions" if request.counted else None
-            result = evaluate(request.networks, request.seeds, max_steps=cfg.max_steps, nthread=cfg.physics_threads,
-                              action_noise=noise, noise_seed=cfg.seed if noise > 0 else None, record=record)
-            if request.counted:
-                # terminated only: a time-limit truncation is stored as not done, so TD targets bootstrap through it
-                buffer.add_batch(result.observations, result.actions, result.rewards, result.next_observations,
-                                 result.terminations)
-                log["unpaid_steps"] += result.env_steps
-                log["episodes"] += result.lengths.size
-                log["terminated_episodes"] += int(result.terminated.sum())
-            last[request.purpose] = result
-            return result
-
-        def elite_episodes(request: evo.EvalRequest) -> EvalResult:
-            result = episodes(request)
-            if request.counted:
-                log["elite_steps"] += result.env_steps
-            return result
-
-        def checkpoint() -> None:
-            log["buffer_n_added"] = buffer.n_added
-            log["wall_s"] = wall0 + time.perf_counter() - t_session
-            log["cpu_s"] = cpu0 + time.process_time() - cpu_session
-            if folder is not None:
-                _save_checkpoint(folder, state, fingerprint, learners, buffer, log)
-
-        if saved is None:
-            if run.start is not None:  # the start's return, at 0 steps
-                state.champion = run.start.flat().astype(np.float64)
-                _answer(evo.report_champion(state, cfg, weights), episodes)
-                state.curve.append(_row(state, None, "start", [None] * cfg.n_learners, buffer, learners, False))
-            checkpoint()
+        h = _Hybrid(run)  # seeding and state: fresh, or exactly as checkpointed
+        state = h.state
+        if state.done:  # finished in an earlier session (perhaps on another machine): its result as it was
+            return h.result()
+        if not h.resumed:
+            h.score_start()  # fine-tuning: the start's return, at 0 steps
+            h.checkpoint()
 
         # ---- the loop: one generation per pass
         while not state.done:
@@ -514,132 +528,249 @@ def run_cerl(run: CERLRun, *, stop_after: int | None = None, progress: bool = Fa
                 state.done, state.stop_reason = True, "budget"
                 break
             if stop_after is not None and state.generation >= stop_after:
-                return CERLResult(run.run_id, state, log)
+                return h.result()
+            fitness = h.population_fitness()                # 1. no action noise: the GA scores the policies
+            learner_returns = h.learner_rollouts()          # 2. with exploration noise, as allocated
+            n_updates = h.learner_updates()                 # 3. paid for by the steps added since the last ones
+            source, pop_idx = h.choose_champion(fitness)    # 4. by fresh counted episodes, then reported
+            migrated = h.next_population(fitness, pop_idx)  # 5. the elite kept, children bred, learners migrate
+            h.hybrid.manager.allocate(cfg, state.rng)       # 6. the next generation's learner episodes
+            h.record(fitness, source, learner_returns, migrated, n_updates, progress)
+            h.checkpoint()
+        h.checkpoint()
+        return h.result()
 
-            # 1. population fitness: no action noise (the GA scores the policies themselves)
-            fitness = None
-            if cfg.pop_size:
-                seeds = state.take_fitness_seeds(cfg, cfg.fitness_episodes)
-                result = episodes(evo.EvalRequest(genome.decode(state.population), seeds, True, "fitness"))
-                state.env_steps += result.env_steps
-                log["population_steps"] += result.env_steps
-                fitness = result.returns.mean(axis=1)
-                for m in log["migrant_slots"]:  # how did last generation's migrants fare against the rest?
-                    log["migrations"][m["entry"]]["fitness_rank"] = int((fitness > fitness[m["slot"]]).sum())
-                log["migrant_slots"] = []
 
-            # 2. learner rollouts, with exploration noise, as the resource manager allocated them
-            allocation = np.asarray(log["allocation"], np.int64)
-            learner_returns: list[float | None] = [None] * cfg.n_learners
-            if len(allocation):
-                seeds = state.take_fitness_seeds(cfg, len(allocation))
-                noise = cfg.exploration_noise if len(buffer) >= cfg.learning_starts else cfg.warmup_noise
-                for k, learner in enumerate(learners):
-                    mine = seeds[allocation == k]
-                    if len(mine) == 0:
-                        continue
-                    result = episodes(evo.EvalRequest([learner.actor_network()], mine, True, "learner"), noise)
-                    state.env_steps += result.env_steps
-                    log["learner_steps"] += result.env_steps
-                    for ret in result.returns[0]:  # CERL's learner statistics: EMA of returns and visit counts
-                        v = log["values"][k]
-                        log["values"][k] = float(ret) if v is None else cfg.value_ema * float(ret) + (1 - cfg.value_ema) * v
-                        log["visits"][k] += 1
-                    learner_returns[k] = float(result.returns.mean())
+class _Hybrid:
+    """The phases of :func:`run_cerl`'s generation, on one run: its population state, learners,
+    buffer and :class:`HybridState`."""
 
-            # 3. learner updates: updates_per_step per env step that reached the buffer since the last updates
-            if len(buffer) >= cfg.learning_starts:
-                log["updates_owed"] += cfg.updates_per_step * log["unpaid_steps"]
-            log["unpaid_steps"] = 0  # warm-up steps earn no updates, as in TD3
-            n_updates = int(log["updates_owed"])
-            log["updates_owed"] -= n_updates
-            tu = time.perf_counter()
-            for learner in learners:
-                for _ in range(n_updates):
-                    learner.update(buffer.sample(cfg.batch_size, state.rng))
-            log["update_s"] += time.perf_counter() - tu
+    def __init__(self, run: CERLRun):
+        import torch
 
-            # 4. champion: population candidates, every learner's actor, the previous champion; by fresh episodes
-            candidates, sources = [], []
-            pop_idx = np.zeros(0, np.int64)
-            if cfg.pop_size:
-                pop_idx = evo.top_k(fitness, cfg.elite_candidates)
-                if 0 not in pop_idx:
-                    pop_idx = np.append(pop_idx, 0)  # the elite carried over
-                candidates += [net.flat() for net in genome.decode(state.population[pop_idx])]
-                sources += [f"population {int(i)}" for i in pop_idx]
-            candidates += [learner.actor_network().flat() for learner in learners]
-            sources += [f"learner {k}" for k in range(cfg.n_learners)]
-            if state.champion is not None and not any(np.array_equal(state.champion, c) for c in candidates):
-                candidates.append(state.champion)
-                sources.append("previous champion")
-            winner = _answer(evo.choose_champion(state, cfg, weights, np.stack(candidates).astype(np.float64)),
-                             elite_episodes)
-            state.champion = np.asarray(candidates[winner], np.float64).copy()
-            _answer(evo.report_champion(state, cfg, weights), episodes)
-            state.generation += 1
-            lineage = _lineage(sources[winner], log.get("from_migrant"), log.get("champion_lineage"))
-            log["champion_lineage"] = lineage
+        from .td3 import ReplayBuffer
 
-            # 5. next population: the best population candidate kept, children bred, learners migrate
-            migrated = False
-            if cfg.pop_size:
-                elite_scores = last["elite"].returns.mean(axis=1)[: len(pop_idx)]
-                elite_row = int(pop_idx[int(np.argmax(elite_scores))])
-                elite = state.population[elite_row]
-                state.population, parent, mate = evo.bred_population(state.population, fitness, elite, cfg, genome, state.rng)
-                before = np.asarray(log.get("from_migrant") or [False] * cfg.pop_size, bool)  # a run checkpointed without it: none known
-                after = before[np.maximum(parent, 0)] | ((mate >= 0) & before[np.maximum(mate, 0)])
-                after[0] = before[elite_row]
-                if state.generation % cfg.migration_every == 0:
-                    migrated = True
-                    for k, learner in enumerate(learners):
-                        actor = learner.actor_network()
-                        z, decoded, distance = migrant_encoding(genome, actor, run.probe_states)
-                        slot = cfg.pop_size - 1 - k  # a child's place: the children are exchangeable draws
-                        state.population[slot] = z
-                        after[slot] = True
-                        lossy = not np.array_equal(decoded.flat(), actor.flat())
-                        entry = {"generation": state.generation, "env_steps": state.env_steps, "learner": k,
-                                 "slot": slot, "distance": distance, "actor_return": None, "decoded_return": None,
-                                 "fitness_rank": None, "exact": not lossy}
-                        if isinstance(genome, AnchoredGenome) and run.checkpoint_dir is not None:
-                            # the new anchor, kept so that a resumed run decodes its descendants
-                            name = f"migrants/anchor_{len(genome.anchors):04d}.safetensors"
-                            save_network(Path(run.checkpoint_dir) / name, actor)
-                            log.setdefault("anchors", []).append(name)
-                        if lossy and cfg.probe_episodes:  # measurement only: report seeds, not counted
-                            probe = evaluate([actor, decoded], eval_seeds("champion_report", cfg.probe_episodes),
-                                             max_steps=cfg.max_steps, nthread=cfg.physics_threads)
-                            log["probe_steps"] += probe.env_steps
-                            entry["actor_return"], entry["decoded_return"] = (float(x) for x in probe.returns.mean(axis=1))
-                            entry["actor_episode_returns"] = [float(x) for x in probe.returns[0]]
-                            entry["decoded_episode_returns"] = [float(x) for x in probe.returns[1]]
-                            if run.checkpoint_dir is not None:  # scored networks are kept, to be re-scored by anyone
-                                stem = f"migrants/g{state.generation:04d}_learner{k}"
-                                entry["actor_file"], entry["decoded_file"] = f"{stem}_actor.safetensors", f"{stem}_decoded.safetensors"
-                                save_network(Path(run.checkpoint_dir) / entry["actor_file"], actor)
-                                save_network(Path(run.checkpoint_dir) / entry["decoded_file"], decoded)
-                        log["migrant_slots"].append({"entry": len(log["migrations"]), "slot": slot})
-                        log["migrations"].append(entry)
-                log["from_migrant"] = after.tolist()
+        cfg, spec = run.config, run.genome.spec
+        self.run, self.cfg = run, cfg
+        self.genome = run.genome
+        if isinstance(self.genome, AnchoredGenome):
+            self.genome = self.genome.without_migrants()  # this session's own copy: migrants become its anchors
+        self.weights = WeightGenome(spec)  # champions are networks (a learner's actor may win): scored as weight vectors
+        self.folder = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else None
+        self.fingerprint = run.fingerprint
+        self.t_session, self.cpu_session = time.perf_counter(), time.process_time()
+        self.last: dict[str, EvalResult] = {}  # the latest result per purpose (the elite scores are read from it)
+        torch.manual_seed(cfg.seed)
+        self.learners = make_learners(cfg, spec, run.start, run.critic)
+        saved = load_checkpoint(self.folder, self.fingerprint) if self.folder is not None else None
+        self.resumed = saved is not None
+        if saved is not None:
+            self.state, self.hybrid, payload, self.buffer = saved
+            if self.state.done:
+                return
+            for learner, sd in zip(self.learners, payload["learners"]):
+                learner.load_state_dict(sd)
+            torch.set_rng_state(payload["torch_rng"])
+            for name in self.hybrid.anchors:  # the migrants that became anchors, in order
+                self.genome.anchors.append(load_network(self.folder / name))
+        else:
+            self.state = evo.RunState(rng=np.random.default_rng(np.random.SeedSequence([cfg.seed, 0])))
+            self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size)
+            self.hybrid = HybridState(manager=ResourceManager.start(cfg))
+            if cfg.pop_size:  # from scratch, or the start's code and mutants of it, as stage 4 fine-tunes
+                start = None if run.start is None else self.genome.encode(run.start)[0]
+                self.state.population = evo.first_population(cfg, self.genome, start, self.state.rng)
+                self.hybrid.from_migrant = [False] * cfg.pop_size
+                self.hybrid.champion_lineage = "start" if run.start is not None else None
+        self.hybrid.sessions += 1
+        self.wall0, self.cpu0 = self.hybrid.wall_s, self.hybrid.cpu_s
 
-            # 6. resource manager: the next generation's learner episodes
-            if cfg.resource_manager == "ucb" and cfg.n_learners > 1:
-                log["allocation"] = ucb_allocation(log["values"], log["visits"], cfg.learner_episodes, cfg.ucb_c,
-                                                   state.rng).tolist()
+    def result(self) -> CERLResult:
+        return CERLResult(self.run.run_id, self.state, self.hybrid.to_log())
 
-            state.curve.append({**_row(state, fitness, sources[winner], learner_returns, buffer, learners, migrated),
-                                "champion_lineage": lineage})
-            log["generations"].append({"generation": state.generation, "wall_s": wall0 + time.perf_counter() - t_session,
-                                       "updates": n_updates})
-            if progress:
-                print(f"{run.run_id}: generation {state.generation}, {state.env_steps:,} steps, champion "
-                      f"{state.curve[-1]['champion_return']:.1f} ({sources[winner]})", flush=True)
-            checkpoint()
+    # -- episodes and checkpoints
 
-        checkpoint()
-        return CERLResult(run.run_id, state, log)
+    def episodes(self, request: evo.EvalRequest, noise: float = 0.0) -> EvalResult:
+        """The suite's one evaluation function; counted episodes fill the shared buffer."""
+        cfg, hybrid = self.cfg, self.hybrid
+        record = "transitions" if request.counted else None
+        result = evaluate(request.networks, request.seeds, max_steps=cfg.max_steps, nthread=cfg.physics_threads,
+                          action_noise=noise, noise_seed=cfg.seed if noise > 0 else None, record=record)
+        if request.counted:
+            # terminated only: a time-limit truncation is stored as not done, so TD targets bootstrap through it
+            self.buffer.add_batch(result.observations, result.actions, result.rewards, result.next_observations,
+                                  result.terminations)
+            hybrid.unpaid_steps += result.env_steps
+            hybrid.episodes += result.lengths.size
+            hybrid.terminated_episodes += int(result.terminated.sum())
+        self.last[request.purpose] = result
+        return result
+
+    def elite_episodes(self, request: evo.EvalRequest) -> EvalResult:
+        result = self.episodes(request)
+        if request.counted:
+            self.hybrid.elite_steps += result.env_steps
+        return result
+
+    def checkpoint(self) -> None:
+        hybrid = self.hybrid
+        hybrid.buffer_n_added = self.buffer.n_added
+        hybrid.wall_s = self.wall0 + time.perf_counter() - self.t_session
+        hybrid.cpu_s = self.cpu0 + time.process_time() - self.cpu_session
+        if self.folder is not None:
+            save_checkpoint(self.folder, self.fingerprint, self.state, hybrid, self.learners, self.buffer)
+
+    def score_start(self) -> None:
+        """Fine-tuning: the start network's return, the curve's first record (evolution's rule, as a weight vector)."""
+        if self.run.start is not None:
+            _answer(evo.score_start(self.state, self.cfg, self.weights, self.run.start.flat(),
+                                    **self._row_extra("start", [None] * self.cfg.n_learners, False)), self.episodes)
+
+    def _row_extra(self, source: str, learner_returns: list, migrated: bool) -> dict[str, Any]:
+        """The hybrid's own curve columns (deterministic: no times, so a resumed run's curve equals the uninterrupted one's)."""
+        return {"champion_source": source, "learner_returns": learner_returns, "buffer_size": len(self.buffer),
+                "updates": self.learners[0].n_updates, "migrated": migrated}
+
+    # -- the phases of a generation
+
+    def population_fitness(self) -> np.ndarray | None:
+        """1. Every individual plays the same fresh counted episodes; last generation's migrants are ranked."""
+        cfg, state, hybrid = self.cfg, self.state, self.hybrid
+        if not cfg.pop_size:
+            return None
+        seeds = state.take_fitness_seeds(cfg, cfg.fitness_episodes)
+        result = self.episodes(evo.EvalRequest(self.genome.decode(state.population), seeds, True, "fitness"))
+        state.env_steps += result.env_steps
+        hybrid.population_steps += result.env_steps
+        fitness = result.returns.mean(axis=1)
+        for m in hybrid.migrant_slots:  # how did last generation's migrants fare against the rest?
+            hybrid.migrations[m["entry"]]["fitness_rank"] = int((fitness > fitness[m["slot"]]).sum())
+        hybrid.migrant_slots = []
+        return fitness
+
+    def learner_rollouts(self) -> list[float | None]:
+        """2. The learners' exploration episodes, as the resource manager allocated them; their mean returns."""
+        cfg, state, hybrid = self.cfg, self.state, self.hybrid
+        allocation = np.asarray(hybrid.manager.allocation, np.int64)
+        learner_returns: list[float | None] = [None] * cfg.n_learners
+        if not len(allocation):
+            return learner_returns
+        seeds = state.take_fitness_seeds(cfg, len(allocation))
+        noise = cfg.exploration_noise if len(self.buffer) >= cfg.learning_starts else cfg.warmup_noise
+        for k, learner in enumerate(self.learners):
+            mine = seeds[allocation == k]
+            if len(mine) == 0:
+                continue
+            result = self.episodes(evo.EvalRequest([learner.actor_network()], mine, True, "learner"), noise)
+            state.env_steps += result.env_steps
+            hybrid.learner_steps += result.env_steps
+            hybrid.manager.record(k, result.returns[0], cfg.value_ema)  # CERL's learner statistics
+            learner_returns[k] = float(result.returns.mean())
+        return learner_returns
+
+    def learner_updates(self) -> int:
+        """3. ``updates_per_step`` gradient steps per learner per env step that reached the buffer since the last
+        updates (warm-up steps earn none, as in TD3); the number each learner made."""
+        cfg, hybrid = self.cfg, self.hybrid
+        if len(self.buffer) >= cfg.learning_starts:
+            hybrid.updates_owed += cfg.updates_per_step * hybrid.unpaid_steps
+        hybrid.unpaid_steps = 0
+        n_updates = int(hybrid.updates_owed)
+        hybrid.updates_owed -= n_updates
+        tu = time.perf_counter()
+        for learner in self.learners:
+            for _ in range(n_updates):
+                learner.update(self.buffer.sample(cfg.batch_size, self.state.rng))
+        hybrid.update_s += time.perf_counter() - tu
+        return n_updates
+
+    def choose_champion(self, fitness: np.ndarray | None) -> tuple[str, np.ndarray]:
+        """4. The best population candidates (and the elite carried over), every learner's actor and the previous
+        champion replay fresh counted episodes; the best by those alone is the champion, then reported.
+        Returns the winner's source and the population rows that competed."""
+        cfg, state = self.cfg, self.state
+        candidates, sources = [], []
+        pop_idx = np.zeros(0, np.int64)
+        if cfg.pop_size:
+            pop_idx = evo.top_k(fitness, cfg.elite_candidates)
+            if 0 not in pop_idx:
+                pop_idx = np.append(pop_idx, 0)  # the elite carried over
+            candidates += [net.flat() for net in self.genome.decode(state.population[pop_idx])]
+            sources += [f"population {int(i)}" for i in pop_idx]
+        candidates += [learner.actor_network().flat() for learner in self.learners]
+        sources += [f"learner {k}" for k in range(cfg.n_learners)]
+        if state.champion is not None and not any(np.array_equal(state.champion, c) for c in candidates):
+            candidates.append(state.champion)
+            sources.append("previous champion")
+        winner = _answer(evo.choose_champion(state, cfg, self.weights, np.stack(candidates).astype(np.float64)),
+                         self.elite_episodes)
+        state.champion = np.asarray(candidates[winner], np.float64).copy()
+        _answer(evo.report_champion(state, cfg, self.weights), self.episodes)
+        state.generation += 1
+        self.hybrid.champion_lineage = _lineage(sources[winner], self.hybrid.from_migrant, self.hybrid.champion_lineage)
+        return sources[winner], pop_idx
+
+    def next_population(self, fitness: np.ndarray | None, pop_idx: np.ndarray) -> bool:
+        """5. The best population candidate kept, children bred; every ``migration_every`` generations the
+        learners' actors take the last children's places (CERL: they replace the weakest). Whether they did."""
+        cfg, state, hybrid = self.cfg, self.state, self.hybrid
+        if not cfg.pop_size:
+            return False
+        elite_scores = self.last["elite"].returns.mean(axis=1)[: len(pop_idx)]
+        elite_row = int(pop_idx[int(np.argmax(elite_scores))])
+        elite = state.population[elite_row]
+        state.population, parent, mate = evo.bred_population(state.population, fitness, elite, cfg, self.genome, state.rng)
+        before = np.asarray(hybrid.from_migrant or [False] * cfg.pop_size, bool)  # a run checkpointed without it: none known
+        after = before[np.maximum(parent, 0)] | ((mate >= 0) & before[np.maximum(mate, 0)])
+        after[0] = before[elite_row]
+        migrated = state.generation % cfg.migration_every == 0
+        if migrated:
+            for k, learner in enumerate(self.learners):
+                slot = cfg.pop_size - 1 - k  # a child's place: the children are exchangeable draws
+                self.migrate(k, learner.actor_network(), slot)
+                after[slot] = True
+        hybrid.from_migrant = after.tolist()
+        return migrated
+
+    def migrate(self, k: int, actor: Network, slot: int) -> None:
+        """Learner ``k``'s actor into the population at ``slot``: its encoding's loss measured, its entry logged,
+        the networks that let anyone re-score it (and a resumed run decode its descendants) kept."""
+        cfg, state, hybrid = self.cfg, self.state, self.hybrid
+        z, decoded, distance = migrant_encoding(self.genome, actor, self.run.probe_states)
+        state.population[slot] = z
+        lossy = not np.array_equal(decoded.flat(), actor.flat())
+        entry = {"generation": state.generation, "env_steps": state.env_steps, "learner": k, "slot": slot,
+                 "distance": distance, "actor_return": None, "decoded_return": None, "fitness_rank": None,
+                 "exact": not lossy}
+        if isinstance(self.genome, AnchoredGenome) and self.folder is not None:
+            name = f"migrants/anchor_{len(self.genome.anchors):04d}.safetensors"  # the new anchor
+            save_network(self.folder / name, actor)
+            hybrid.anchors.append(name)
+        if lossy and cfg.probe_episodes:  # measurement only: report seeds, not counted
+            probe = evaluate([actor, decoded], eval_seeds("champion_report", cfg.probe_episodes),
+                             max_steps=cfg.max_steps, nthread=cfg.physics_threads)
+            hybrid.probe_steps += probe.env_steps
+            entry["actor_return"], entry["decoded_return"] = (float(x) for x in probe.returns.mean(axis=1))
+            entry["actor_episode_returns"] = [float(x) for x in probe.returns[0]]
+            entry["decoded_episode_returns"] = [float(x) for x in probe.returns[1]]
+            if self.folder is not None:  # scored networks are kept, to be re-scored by anyone
+                stem = f"migrants/g{state.generation:04d}_learner{k}"
+                entry["actor_file"], entry["decoded_file"] = f"{stem}_actor.safetensors", f"{stem}_decoded.safetensors"
+                save_network(self.folder / entry["actor_file"], actor)
+                save_network(self.folder / entry["decoded_file"], decoded)
+        hybrid.migrant_slots.append({"entry": len(hybrid.migrations), "slot": slot})
+        hybrid.migrations.append(entry)
+
+    def record(self, fitness, source: str, learner_returns: list, migrated: bool, n_updates: int, progress: bool) -> None:
+        """The generation's curve record (evolution's row with the hybrid's columns) and its time."""
+        state, hybrid = self.state, self.hybrid
+        state.curve.append({**evo.curve_row(state, fitness, **self._row_extra(source, learner_returns, migrated)),
+                            "champion_lineage": hybrid.champion_lineage})
+        hybrid.generations.append({"generation": state.generation,
+                                   "wall_s": self.wall0 + time.perf_counter() - self.t_session, "updates": n_updates})
+        if progress:
+            print(f"{self.run.run_id}: generation {state.generation}, {state.env_steps:,} steps, champion "
+                  f"{state.curve[-1]['champion_return']:.1f} ({source})", flush=True)
 
 
 def _lineage(source: str, from_migrant: Sequence[bool] | None, previous: str | None) -> str | None:
@@ -666,19 +797,6 @@ def champion_at(curve: Sequence[Mapping[str, Any]], budget_steps: int) -> Mappin
     if not within:
         raise ValueError(f"no record at or below {budget_steps} env steps")
     return within[-1]
-
-
-def _row(state: evo.RunState, fitness, source: str, learner_returns, buffer, learners, migrated: bool) -> dict[str, Any]:
-    """One curve record (deterministic: no times, so a resumed run's curve equals the uninterrupted one's)."""
-    return {
-        "generation": state.generation, "env_steps": state.env_steps,
-        "champion_return": float(state.champion_returns.mean()), "champion_return_std": float(state.champion_returns.std()),
-        "champion_source": source,
-        "best_fitness": None if fitness is None else float(np.max(fitness)),
-        "median_fitness": None if fitness is None else float(np.median(fitness)),
-        "learner_returns": learner_returns, "buffer_size": len(buffer), "updates": learners[0].n_updates,
-        "migrated": migrated,
-    }
 
 
 # --------------------------------------------------------------------------- many runs

@@ -362,7 +362,10 @@ def report_champion(state: RunState, cfg: EvolutionConfig, genome: Genome) -> Ge
     state.reported = state.champion.copy()
 
 
-def _record(state: RunState, fitness: np.ndarray | None, **extra: Any) -> None:
+def curve_row(state: RunState, fitness: np.ndarray | None, **extra: Any) -> dict[str, Any]:
+    """One curve record: generations done, counted steps, the champion's report return and the
+    population's fitness, then the algorithm's own columns (``extra``). The one home of a curve
+    row: GA, CMA-ES and the CERL hybrid (:mod:`nnae_utils.cerl`) all record with it."""
     row = {
         "generation": state.generation,
         "env_steps": state.env_steps,
@@ -372,7 +375,30 @@ def _record(state: RunState, fitness: np.ndarray | None, **extra: Any) -> None:
         "best_fitness": float(np.max(fitness)) if fitness is not None else None,
         "median_fitness": float(np.median(fitness)) if fitness is not None else None,
     }
-    state.curve.append({**row, **extra})
+    return {**row, **extra}
+
+
+def score_start(state: RunState, cfg: EvolutionConfig, genome: Genome, start: np.ndarray,
+                **extra: Any) -> Generator[EvalRequest, EvalResult, None]:
+    """Fine-tuning: the start (a genome vector of ``genome``) becomes the champion, is scored on the
+    report seeds and is the curve's first record, at 0 steps. The one home of a run's start: GA,
+    CMA-ES and the CERL hybrid (which scores its start network as a weight vector)."""
+    state.champion = np.asarray(start, np.float64).copy()
+    yield from report_champion(state, cfg, genome)
+    state.curve.append(curve_row(state, None, **extra))
+
+
+def first_population(cfg: GASettings, genome: Genome, start: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A GA's first population: ``pop_size`` random codes, or, fine-tuning, the start's code (row 0)
+    and ``pop_size - 1`` mutants of it. The one home of this rule: the GA and the CERL hybrid."""
+    if start is None:
+        return genome.random_codes(cfg.pop_size, rng)
+    mutants = mutate(np.repeat(start[None], cfg.pop_size - 1, axis=0), cfg.sigma, genome.scale, rng)
+    return np.vstack([start[None], mutants])
+
+
+def _record(state: RunState, fitness: np.ndarray | None, **extra: Any) -> None:
+    state.curve.append(curve_row(state, fitness, **extra))
 
 
 def _out_of_budget(state: RunState, cfg: EvolutionConfig) -> bool:
@@ -398,15 +424,10 @@ def genetic_algorithm(cfg: EvolutionConfig, genome: Genome, start: np.ndarray | 
     if state is None:
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
         state = RunState(rng=rng)
-        if start is None:
-            state.population = genome.random_codes(cfg.pop_size, rng)
-        else:
-            start = np.asarray(start, np.float64)
-            mutants = mutate(np.repeat(start[None], cfg.pop_size - 1, axis=0), cfg.sigma, genome.scale, rng)
-            state.population = np.vstack([start[None], mutants])
-            state.champion = start.copy()
-            yield from report_champion(state, cfg, genome)  # the start's return, at 0 steps
-            _record(state, None)
+        start = None if start is None else np.asarray(start, np.float64)
+        state.population = first_population(cfg, genome, start, rng)
+        if start is not None:
+            yield from score_start(state, cfg, genome, start)  # the start's return, at 0 steps
         _save(state, checkpoint, fingerprint)
     rng = state.rng
 
@@ -469,9 +490,7 @@ def cma_es(cfg: EvolutionConfig, genome: Genome, start: np.ndarray | None, check
     if state is None:
         state = RunState(rng=init_rng)
         if start is not None:
-            state.champion = x0.copy()
-            yield from report_champion(state, cfg, genome)
-            _record(state, None, sigma=float(es.sigma))
+            yield from score_start(state, cfg, genome, x0, sigma=float(es.sigma))
         _save(state, checkpoint, fingerprint)
     else:
         # rebuild pycma's state: the same sampler asked again gives the same samples; tell the stored fitness
@@ -578,7 +597,7 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
     for run_id, proc in processes.items():
         _advance(run_id, proc, None, pending, results)
     bar = _bar(progress, sum(r.config.budget_steps for r in runs))
-    round_start = time.perf_counter()
+    round_start, round_cpu = time.perf_counter(), time.process_time()
     try:
         while pending:
             order = list(pending)
@@ -602,9 +621,9 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
                     bar.update(int(steps_of[run_id]))
                 del pending[run_id]
                 _advance(run_id, processes[run_id], answer, pending, results)
-            now = time.perf_counter()
-            clock.charge(steps_of, now - round_start)  # the round: its batch and advancing the runs it answered
-            round_start = now
+            now, cpu = time.perf_counter(), time.process_time()
+            clock.charge(steps_of, now - round_start, cpu - round_cpu)  # the round: its batch and advancing its runs
+            round_start, round_cpu = now, cpu
             if on_round is not None:
                 on_round(list(pending))
     finally:
@@ -614,49 +633,71 @@ def run_lockstep(runs: Sequence[Run], *, nthread: int | None = None, stop_after:
 
 
 class ComputeClock:
-    """Wall seconds spent advancing each run, summed over sessions, kept in ``<checkpoint>/compute.json``.
+    """Wall and CPU seconds spent advancing each run, summed over sessions, kept in ``<checkpoint>/compute.json``.
 
-    Runs advance in lockstep, so a round's wall time is shared among the runs it answered in
-    proportion to their env steps in the round's batch; the shares of all runs add up to the
-    evolution's wall time. A resumed stage therefore still knows what its runs cost in all: the
-    file is rewritten every ``every`` seconds and when the rounds end, so a killed session loses at
-    most that much. Runs without a checkpoint folder are not kept; nor is a run that has a checkpoint
-    but no file (it advanced before the suite kept them): its cost stays unknown, never zero.
+    Runs advance in lockstep, so a round's wall time (and this process's CPU time in it) is shared
+    among the runs it answered in proportion to their env steps in the round's batch; the shares of
+    all runs add up to the evolution's time. A resumed stage, or a forced rerun that finds its runs
+    finished, therefore still knows what its runs cost in all: the file is rewritten every ``every``
+    seconds and when the rounds end, so a killed session loses at most that much. Runs without a
+    checkpoint folder are not kept; nor is a run that has a checkpoint but no file (it advanced
+    before the suite kept them): its cost stays unknown, never zero. The same for CPU seconds of a
+    file written before they were kept (wall seconds only). CPU seconds are this process's: with a
+    Ray backend the cluster's work is not in them (its wall seconds are).
     """
 
     def __init__(self, runs: Sequence[Run], every: float = 30.0):
         paths = {r.run_id: Path(r.checkpoint_dir) / COMPUTE_FILE for r in runs if r.checkpoint_dir is not None}
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         for run_id, path in paths.items():
-            known = compute_seconds_at(path)
+            known = _read_compute(path)
             if known is not None or not (path.parent / CHECKPOINT_FILE).is_file():
-                self.seconds[run_id] = known or 0.0
+                self.seconds[run_id] = known["wall_seconds"] if known else 0.0
+                if known is None or "cpu_seconds" in known:
+                    self.cpu_seconds[run_id] = known["cpu_seconds"] if known else 0.0
         self.paths = {run_id: paths[run_id] for run_id in self.seconds}
         self.every, self.saved = every, time.perf_counter()
 
-    def charge(self, steps_of: dict[str, float], seconds: float) -> None:
+    def charge(self, steps_of: dict[str, float], seconds: float, cpu_seconds: float = 0.0) -> None:
         total = sum(steps_of.values())
         for run_id, steps in steps_of.items():
-            if run_id in self.seconds and total > 0:
+            if total > 0 and run_id in self.seconds:
                 self.seconds[run_id] += seconds * steps / total
+            if total > 0 and run_id in self.cpu_seconds:
+                self.cpu_seconds[run_id] += cpu_seconds * steps / total
         if time.perf_counter() - self.saved >= self.every:
             self.save()
 
     def save(self) -> None:
         for run_id, path in self.paths.items():
-            write_json(path, {"wall_seconds": round(self.seconds[run_id], 3)}, indent=None)
+            record = {"wall_seconds": round(self.seconds[run_id], 3)}
+            if run_id in self.cpu_seconds:
+                record["cpu_seconds"] = round(self.cpu_seconds[run_id], 3)
+            write_json(path, record, indent=None)
         self.saved = time.perf_counter()
 
 
-def _compute_seconds(run: Run) -> float:
-    seconds = None if run.checkpoint_dir is None else compute_seconds_at(Path(run.checkpoint_dir) / COMPUTE_FILE)
-    return float("nan") if seconds is None else seconds
+def _compute_seconds(run: Run, key: str = "wall_seconds") -> float:
+    known = None if run.checkpoint_dir is None else _read_compute(Path(run.checkpoint_dir) / COMPUTE_FILE)
+    return float("nan") if known is None or key not in known else float(known[key])
+
+
+def _read_compute(path: Path) -> dict[str, float] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def compute_seconds_at(path: Path) -> float | None:
     """The wall seconds a ``compute.json`` holds, or None where there is none (a run checkpointed
     before the suite kept them)."""
-    return json.loads(path.read_text())["wall_seconds"] if path.is_file() else None
+    known = _read_compute(path)
+    return None if known is None else known["wall_seconds"]
+
+
+def cpu_seconds_at(path: Path) -> float | None:
+    """The CPU seconds a ``compute.json`` holds, or None where there are none (written before they were kept)."""
+    known = _read_compute(path)
+    return None if known is None else known.get("cpu_seconds")
 
 
 def _advance(run_id, proc, answer, pending, results) -> None:
@@ -688,7 +729,7 @@ def run_table(runs: Sequence[Run], results: dict[str, RunState]):
             "env_steps": st.env_steps, "unspent_steps": run.config.budget_steps - st.env_steps,
             "report_env_steps": st.report_steps, "final_return": float(st.champion_returns.mean()),
             "final_return_std": float(st.champion_returns.std()), "stop_reason": st.stop_reason,
-            "compute_seconds": _compute_seconds(run),
+            "compute_seconds": _compute_seconds(run), "cpu_seconds": _compute_seconds(run, "cpu_seconds"),
         })
     return pd.DataFrame(rows)
 
