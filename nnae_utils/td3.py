@@ -3,7 +3,9 @@
 The pieces a later CERL loop reuses are separate: :class:`ReplayBuffer` (numpy, preallocated),
 :class:`TwinCritic` and :class:`TD3Learner` (actor, critic, their targets and optimizers, one
 ``update(batch)``). :func:`train_td3` is the single-learner training loop, written top to bottom
-in one place as CleanRL writes it.
+in one place as CleanRL writes it: collect a step, learn, and every so often evaluate and
+checkpoint, each phase a method of one run's trainer, on one :class:`TD3State` (learner, RNGs,
+counters, clocks), whose ``save`` / ``read`` / ``restore`` are the one home of the checkpoint format.
 
 What a run leaves in ``run_dir``:
 
@@ -14,7 +16,7 @@ What a run leaves in ``run_dir``:
                                          sampling + update time since the previous row), train_episodes,
                                          updates and update_time_s (cumulative)
 ``snapshots/step_NNNNNNN.safetensors``   the actor at each evaluation, in the network format
-``checkpoint.pt``                        learner state, counters, RNG states, env state (``weights_only``)
+``checkpoint.pt``                        :class:`TD3State`: learner, counters, RNG states, env state (``weights_only``)
 ``buffer.npz``                           the replay buffer
 ``provenance.json``                      config, versions, times, core-seconds, buffer refills
 ``critic.safetensors``                   the final twin critic (written when the run finishes)
