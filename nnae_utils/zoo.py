@@ -360,13 +360,18 @@ class Candidate:
 
 
 def run_learner(run_dir: Path) -> tuple[str, int]:
-    """A run's learner (``"td3 critic 256-256"``) and actor_init_seed, from its provenance ("", -1 if unknown)."""
+    """A run's learner (``"td3 critic 256-256"``, or ``"td3 critic 64-64, ensemble of 4"`` for a member
+    of a :mod:`nnae_utils.td3_ensemble` run) and actor_init_seed, from its provenance ("", -1 if unknown)."""
     path = Path(run_dir) / "provenance.json"
     if not path.is_file():
         return "", -1
-    config = json.loads(path.read_text()).get("config", {})
+    prov = json.loads(path.read_text())
+    config = prov.get("config", {})
     critic = "-".join(str(w) for w in config.get("critic_hidden", []))
-    return (f"td3 critic {critic}" if critic else ""), int(config.get("actor_init_seed", -1))
+    learner = f"td3 critic {critic}" if critic else ""
+    if learner and prov.get("ensemble"):
+        learner += f", ensemble of {int(prov['ensemble']['k'])}"
+    return learner, int(config.get("actor_init_seed", -1))
 
 
 def select_candidates(

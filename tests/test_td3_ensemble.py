@@ -92,7 +92,7 @@ def test_members_write_train_td3s_format(straight, single):
             assert torch.equal(critic.state_dict()[name], value)
     assert ensemble_checkpoint_path(dirs(root), SEEDS).is_file()
     cands = zoo.select_candidates(dirs(root), threshold=-1e9, min_step=300)
-    assert {c.run for c in cands} == set(SEEDS) and cands[0].provenance()["learner"] == "td3 critic 32-32"
+    assert {c.run for c in cands} == set(SEEDS) and cands[0].provenance()["learner"] == "td3 critic 32-32, ensemble of 2"
 
 
 def test_members_differ(straight):
