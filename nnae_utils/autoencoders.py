@@ -89,7 +89,16 @@ SYMMETRIES = LayerAEParams.SYMMETRIES
 """Ways of handling the arbitrary order (and ReLU scale) of hidden units, checked in one place (the stage's
 parameters): ``none``; ``align`` (:func:`align_hidden_units` to a reference); ``augment`` (a fresh random
 permutation of every train network in every minibatch, :func:`random_hidden_permutations`); ``canonical``
-(:func:`canonical_form`)."""
+(:func:`canonical_form`).
+
+Not among them (yet): an encoder equivariant by construction. The ``token`` form is half of one: like
+SANE's neuron tokens, one shared encoder and decoder per output unit make its code equivariant to the
+order of the layer's *output* units (permute them and the codes permute alike, and it decodes into the
+input's own order), but a token's coordinates are the layer's inputs, so on layers 1 and 2 it still sees
+the previous layer's run-specific order. Equivariance on both sides is what DWSNets and neural
+functionals build (entry, row-, column- and global-pooled terms of each weight matrix); a compressive
+version needs per-unit codes on both sides (a factorised decoder ``W[r, c] = f(u_r, v_c)``), since an
+invariant code cannot decode back into a held-out network's own order without aligning it first."""
 AE_FORMAT = "nnae-layer-autoencoder"
 PCA_FORMAT = "nnae-layer-pca"
 FORMAT_VERSION = "1"
