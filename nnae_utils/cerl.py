@@ -859,36 +859,3 @@ def migration_table(runs: Sequence[CERLRun], results: Mapping[str, CERLResult]):
     rows = [{"run_id": r.run_id, **r.info, "genome": r.genome.name, **m}
             for r in runs for m in results[r.run_id].log["migrations"]]
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- the zoo's critics
-
-
-def find_zoo_critic(record: Mapping[str, Any], search_roots: Sequence[str | os.PathLike]) -> Path | None:
-    """The final critic of the TD3 run a zoo network came from, or None if no such file exists.
-
-    A zoo record's provenance names the run (``run``) and the settings digest of its training
-    folder (``settings``); the run lives in ``<root>/<settings>/seed_<run>/`` under the data
-    stage's training folder. ``search_roots`` lists the training folders to try, in order.
-    The critic is the run's *final* one: for a snapshot taken earlier in the run, it has seen
-    later data than the snapshot's actor (its step is in the critic file's metadata).
-    """
-    from .td3 import CRITIC_FILE
-    from .zoo import run_folder
-
-    prov = record.get("provenance", {})
-    if "run" not in prov or "settings" not in prov:
-        return None
-    for root in search_roots:
-        path = run_folder(root, prov["settings"], prov["run"]) / CRITIC_FILE
-        if path.is_file():
-            return path
-    return None
-
-
-def critic_step(path: str | os.PathLike) -> int | None:
-    """The training step a critic file was saved at (its metadata), if recorded."""
-    from .td3 import load_critic
-
-    _, meta = load_critic(path)
-    return int(meta["step"]) if "step" in meta else None

@@ -55,6 +55,11 @@ from .rollouts import evaluate
 from .stats import ratio_interval
 
 KINDS = ("autoencoder", "pca", "identity")
+GOAL_RATIO = 10.0
+"""Stage 3's goal: a decoded network keeps :data:`GOAL_RETENTION` of its input's return at this compression
+ratio or more (Policy Diffusion's bar is 98% at 13x)."""
+GOAL_RETENTION = 0.98
+"""The retention (decoded / input return) that :data:`GOAL_RATIO` must keep."""
 ROLES = ("main", "main_all", "sweep", "ablation", "pca", "pca_all", "identity")
 """Why a variant is scored: the main autoencoders per layer (``main``) and all layers together
 (``main_all``), the latent-size ``sweep``, the loss ``ablation``, the ``pca`` baseline per layer and

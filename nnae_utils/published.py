@@ -54,6 +54,7 @@ import pandas as pd
 
 from .io import swap_folder
 from .provenance import code_revision, machine, runtime_versions
+from .results import iter_results
 from .stages import STAGES_BY_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -324,8 +325,7 @@ def results_table(summary: Mapping[str, Any]) -> pd.DataFrame:
         return f"{d['point']:.0f} [{d['low']:.0f}, {d['high']:.0f}]"
 
     rows = []
-    for key, entry in summary.get("results", {}).items():
-        start, label = key.split("|", 1)
+    for start, label, entry in iter_results(summary.get("results", {})):  # {start: {label: entry}}, or older "start|label" keys
         row = {"start": start, "label": label, "runs": entry["runs"], "IQM [95% CI]": interval(entry["iqm"]),
                "mean [95% CI]": interval(entry["mean"])}
         row.update({k.removeprefix("steps_to "): v["text"] for k, v in entry.items() if k.startswith("steps_to ")})

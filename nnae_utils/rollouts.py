@@ -50,6 +50,9 @@ import numpy as np
 from nnae_utils.policies import Network, NetworkSpec, forward, stack_params
 
 HOPPER_ENV_ID = "Hopper-v5"
+SOLVED_RETURN = 2500.0
+"""The return at which a Hopper-v5 policy counts as solving the task (the suite's bar; good policies score 3000-3700):
+the zoo's admission bar, and what stages 1 and 3 count their networks against."""
 SUPPORTED_ENV_IDS = (HOPPER_ENV_ID,)  # envs the batched backend implements
 BACKENDS = ("batched", "gymnasium")
 RECORD_MODES = (None, "observations", "transitions")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnae_utils import cerl
+from nnae_utils import cerl, critics
 from nnae_utils import genomes as gen
 from nnae_utils.policies import Network, load_network
 from nnae_utils.rollouts import evaluate
@@ -237,8 +237,8 @@ def test_finetuning_starts_learners_from_the_start_network_and_the_zoos_critic(z
     run_dir = tmp_path / "zoo_run" / "abc123" / "seed_2"
     path = save_critic(run_dir / "critic.safetensors", critic, {"step": "60000"})
     record = {"id": "run02_step0010000", "provenance": {"run": 2, "settings": "abc123", "step": 10000}}
-    assert cerl.find_zoo_critic(record, [tmp_path / "nowhere", tmp_path / "zoo_run"]) == path
-    assert cerl.find_zoo_critic(record, [tmp_path / "nowhere"]) is None and cerl.critic_step(path) == 60000
+    assert critics.find_zoo_critic(record, [tmp_path / "nowhere", tmp_path / "zoo_run"]) == path
+    assert critics.find_zoo_critic(record, [tmp_path / "nowhere"]) is None and critics.critic_step(path) == 60000
     cfg = config()
     torch.manual_seed(0)
     (learner,) = cerl.make_learners(cfg, start.spec, start, path)

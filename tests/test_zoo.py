@@ -109,7 +109,7 @@ def test_product_of_marginals_breaks_correlation():
 def test_ship_zoo_writes_a_loadable_zoo_with_its_provenance_and_refuses_what_it_cannot_vouch_for(tmp_path):
     import json
 
-    from nnae_utils.cerl import find_zoo_critic
+    from nnae_utils.critics import find_zoo_critic
 
     training = tmp_path / "training"
     runs = [fake_run(training / "abc123", r, [1.0, 2.0]) for r in range(3)]
