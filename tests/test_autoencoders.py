@@ -502,6 +502,18 @@ def test_augment_permutations_are_seeded_and_keep_every_networks_function(zoo):
         np.testing.assert_array_equal(permuted.layer(1)[0][p].numpy(), one.layer(1)[0])
 
 
+def test_the_mean_over_units_does_not_depend_on_the_order_of_the_train_networks_units(zoo):
+    rng = np.random.default_rng(5)
+    shuffled = [ae.permute_hidden_units(n, [rng.permutation(h) for h in SPEC.hidden]) for n in zoo[:8]]
+    pool = states(128)
+    val = ae.LayerData.build(zoo[8:], pool, 64, 1)
+    plain, moved = ae.LayerData.build(zoo[:8], pool, 64, 0), ae.LayerData.build(shuffled, pool, 64, 0)
+    for layer in range(SPEC.n_layers):
+        same = [ae.mean_layer_loss(d, val, layer, over_units=True) for d in (plain, moved)]
+        assert same[0] == pytest.approx(same[1], rel=1e-5)
+    assert ae.mean_layer_loss(plain, val, 1) != pytest.approx(ae.mean_layer_loss(moved, val, 1), rel=1e-3)
+
+
 @pytest.mark.parametrize("symmetry", ae.SYMMETRIES)
 def test_every_symmetry_option_trains_a_tiny_autoencoder_on_held_out_runs(symmetry):
     nets = synthetic.synthetic_zoo(SPEC, runs=3, per_run=3, seed=0)
