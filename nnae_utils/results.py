@@ -5,19 +5,15 @@ from plain inputs: a mapping ``(start, label) -> per-run scores`` (runs in repli
 comparisons can pair them), and the runs' curves as a frame of records. The notebooks hold the runs,
 the prose, and these calls.
 
-=====================================  =======================================================================
-function                               what it returns
-=====================================  =======================================================================
-:func:`final_scores`                   IQM and mean per method with stratified-bootstrap intervals (a frame)
-:func:`reach_levels`, :func:`reach_table`  env steps each method's runs needed to reach each level (median, count)
-:func:`curve_bands`                    IQM curves with bootstrap bands on a common env-step grid
-:func:`equivalence_margins`            the declared "no difference" margin of each start condition
-:func:`comparison_table`               a Holm family of paired comparisons with the verdict rule
-:func:`verdict_sentence`               the sentence a primary comparison's row reads as
-:func:`champion_record`                a champion's ``index.json`` record (stages 4 and 5, every kind of run)
-:func:`label_summary`                  the ``results`` block of a ``summary.json``: ``{start: {label: entry}}``
-:func:`iter_results`                   reads that block back, in its current or its older ``"start|label"`` form
-=====================================  =======================================================================
+- :func:`final_scores`: IQM and mean per method with stratified-bootstrap intervals (a frame);
+- :func:`reach_levels`, :func:`reach_table`: env steps each method's runs needed to reach each level (median, count);
+- :func:`curve_bands`: IQM curves with bootstrap bands on a common env-step grid;
+- :func:`equivalence_margins`: the declared "no difference" margin of each start condition;
+- :func:`comparison_table`: a Holm family of paired comparisons with the verdict rule;
+- :func:`verdict_sentence`: the sentence a primary comparison's row reads as;
+- :func:`champion_record`: a champion's ``index.json`` record (stages 4 and 5, every kind of run);
+- :func:`label_summary`: the ``results`` block of a ``summary.json``, ``{start: {label: entry}}``;
+- :func:`iter_results`: reads that block back, in its current or its older ``"start|label"`` form.
 
 The thresholds the verdicts turn on are named here (:data:`FAMILY_ALPHA`, :data:`EQUIVALENCE_FRACTION`,
 :data:`CONFIDENCE`), declared before any run; the statistics themselves live in :mod:`nnae_utils.stats`.
@@ -336,6 +332,42 @@ def verdict_counts_sentence(table: pd.DataFrame, *, alpha: float = FAMILY_ALPHA,
             f"{int(counts.get('better', 0))} favour {first}, {int(counts.get('worse', 0))} {other}, "
             f"{int(counts.get('equivalent', 0))} are equivalent within the margin and "
             f"{int(counts.get('inconclusive', 0))} are inconclusive")
+
+
+def best_label(block: Mapping[str, Any], start: str, eligible: Callable[[str], bool] = lambda label: True):
+    """The label with the highest final IQM in one start condition of a summary's ``results`` block (either form,
+    see :func:`iter_results`), among the ``eligible`` ones; None if there is none.
+
+    Returns:
+        ``(label, iqm point)`` or None.
+
+    Example:
+        >>> block = {"finetune": {"ga/weights": {"iqm": {"point": 5.0}}, "ga/pca:all": {"iqm": {"point": 9.0}}}}
+        >>> best_label(block, "finetune"), best_label(block, "finetune", lambda l: "pca" not in l), best_label(block, "scratch")
+        (('ga/pca:all', 9.0), ('ga/weights', 5.0), None)
+    """
+    scored = {label: entry["iqm"]["point"] for s, label, entry in iter_results(block) if s == start and eligible(label)}
+    if not scored:
+        return None
+    label = max(scored, key=scored.get)
+    return label, scored[label]
+
+
+def zoo_cost(data_summary: Mapping[str, Any], ae_summary: Mapping[str, Any], td3_curves: pd.DataFrame) -> dict[str, Any]:
+    """What the zoo and the autoencoders cost before a zoo-based genome's first step: the zoo's TD3 env steps (the
+    last step of each run's curve, summed), its core-hours, and the autoencoders' core-hours (training wall time
+    times torch threads).
+
+    Example:
+        >>> c = zoo_cost({"train_core_hours": 2.0}, {"all_training_wall_seconds": 1800.0, "torch_threads": 2},
+        ...              pd.DataFrame({"run": [0, 0, 1], "step": [10, 20, 5]}))
+        >>> c["env_steps"], c["td3_core_hours"], c["autoencoder_core_hours"]
+        (25, 2.0, 1.0)
+    """
+    return {"env_steps": int(td3_curves.groupby("run")["step"].max().sum()),
+            "td3_core_hours": float(data_summary.get("train_core_hours", float("nan"))),
+            "autoencoder_core_hours": float(ae_summary.get("all_training_wall_seconds", float("nan")))
+            * ae_summary.get("torch_threads", 1) / 3600}
 
 
 # --------------------------------------------------------------------------- gains, cost, sources, migrations

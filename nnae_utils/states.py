@@ -52,6 +52,20 @@ class StateDataset:
     def __len__(self) -> int:
         return len(self.states)
 
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        """``min(n, len)`` states drawn without replacement with ``seed``, in dataset order: the states on which
+        stages 4 and 5 calibrate mutation strengths and measure what encoding a migrant loses.
+
+        Example:
+            >>> d = StateDataset(np.arange(10.0)[:, None], np.zeros(10, bool), np.zeros(10, int))
+            >>> d.sample(3, seed=0).ravel().tolist() == sorted(d.sample(3, seed=0).ravel().tolist())
+            True
+            >>> len(d.sample(50, seed=0))
+            10
+        """
+        pick = np.random.default_rng(seed).choice(len(self.states), size=min(n, len(self.states)), replace=False)
+        return self.states[np.sort(pick)]
+
 
 def product_of_marginals(visited: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` states whose coordinates are drawn independently from the visited states' columns."""

@@ -141,3 +141,25 @@ def test_choose_critics_loads_a_zoo_critic_only_with_the_learners_widths(tmp_pat
     assert narrow.paths == [None, None] and narrow.rows[0]["critic"] == "critic is [16, 16], learners use [8]: fresh critic"
     off = critics.choose_critics(records, data_dir, run_root, enabled=False)
     assert off.paths == [None, None] and {r["critic"] for r in off.rows} == {"zoo_critics is off"}
+
+
+def test_best_label_reads_either_summary_form_and_skips_ineligible_labels():
+    block = {"finetune": {"ga/weights": {"iqm": {"point": 5.0}}, "ga/weights@latent:all": {"iqm": {"point": 50.0}},
+                          "ga/latent:all": {"iqm": {"point": 7.0}}},
+             "scratch": {"ga/weights": {"iqm": {"point": 99.0}}}}
+    legacy = {f"{s}|{label}": e for s, by_label in block.items() for label, e in by_label.items()}
+    eligible = lambda label: "@" not in label  # noqa: E731
+    assert results.best_label(block, "finetune", eligible) == results.best_label(legacy, "finetune", eligible) == ("ga/latent:all", 7.0)
+    assert results.best_label(block, "finetune") == ("ga/weights@latent:all", 50.0)
+    assert results.best_label(block, "finetune_train") is None
+
+
+def test_zoo_cost_and_calibration_states():
+    from nnae_utils.states import StateDataset
+
+    cost = results.zoo_cost({}, {"all_training_wall_seconds": 360.0}, pd.DataFrame({"run": [0, 1, 1], "step": [7, 3, 9]}))
+    assert cost["env_steps"] == 16 and np.isnan(cost["td3_core_hours"]) and cost["autoencoder_core_hours"] == pytest.approx(0.1)
+    d = StateDataset(np.arange(20.0).reshape(10, 2), np.zeros(10, bool), np.zeros(10, int))
+    a, b = d.sample(4, seed=3), d.sample(4, seed=3)
+    assert a.shape == (4, 2) and np.array_equal(a, b) and np.all(np.diff(a[:, 0]) > 0)  # reproducible, in dataset order
+    assert not np.array_equal(a, d.sample(4, seed=4)) and len(d.sample(99, seed=0)) == 10
