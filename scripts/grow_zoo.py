@@ -73,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # finished runs keep curve, provenance, critic and candidate snapshots; unfinished ones also keep
     # their checkpoint (what a resume on a new machine needs: the buffer is refilled, and recorded)
-    critic = chosen_critic(root)
-    plan_runs = {zoo.run_folder(training, zoo.settings_digest(c), c.seed)
-                 for name, g in plan.groups.items() if g.get("learner") != "chosen" or critic
-                 for c in plan.configs(plan.group(name, critic))}
+    critic, ensemble = chosen_critic(root), chosen_ensemble(root)
+    plan_runs = {d for name, g in plan.groups.items() if g.get("learner") != "chosen" or critic
+                 for d in plan.run_dirs(plan.group(name, critic, ensemble), training)}
     for prov_path in sorted(training.glob("*/seed_*/provenance.json")):
         run_dir = prov_path.parent
         if run_dir not in plan_runs:
