@@ -305,6 +305,18 @@ def beside_sentence(profile: str, stage: PublishedStage | None) -> str:
     return stage.caption() + " Its verdicts: " + " ".join(stage.summary.get("verdicts", {}).values())
 
 
+def beside(profile: str, stage_folder: str, *, predates: str = "",
+           root: str | os.PathLike = PUBLISHED_ROOT) -> tuple[str, PublishedStage | None]:
+    """The published run of ``profile`` a chapter shows beside its own (None: none named or published), and
+    what the chapter says of it (:func:`beside_sentence`, then ``predates`` when that run's summary predates
+    exact starts: it has no ``primary`` block)."""
+    stage = load(profile, stage_folder, root=root) if profile else None
+    sentence = beside_sentence(profile, stage)
+    if stage is not None and "primary" not in stage.summary and predates:
+        sentence += " " + predates
+    return sentence, stage
+
+
 def digest(profile: str, stage_folder: str, *, root: str | os.PathLike = PUBLISHED_ROOT) -> str:
     """A hash of every published file of ``profile``'s stage (empty string: nothing published)."""
     import hashlib

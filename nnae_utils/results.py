@@ -419,6 +419,27 @@ def sessions_sentence(session_wall_seconds: float, compute_seconds: pd.Series) -
                    + (f" ({missing} runs advanced before the suite kept their times are not counted)" if missing else "") + ".")
 
 
+def score_at_budget(runs: pd.DataFrame, curves: pd.DataFrame, budget_steps: int) -> pd.DataFrame:
+    """The run table with what each run is scored on: the champion known at ``budget_steps`` (the last curve
+    record at or below it: ``steps_at_budget``, ``return_at_budget``), and the steps spent after it
+    (``overrun_steps``, never scored).
+
+    Example:
+        >>> runs = pd.DataFrame({"run_id": ["a"], "env_steps": [130]})
+        >>> curves = pd.DataFrame({"run_id": "a", "env_steps": [0, 60, 130], "champion_return": [1.0, 2.0, 3.0]})
+        >>> score_at_budget(runs, curves, 100)[["overrun_steps", "steps_at_budget", "return_at_budget"]].values.tolist()
+        [[30.0, 60.0, 2.0]]
+    """
+    from .cerl import champion_at  # the hybrid's scoring rule
+
+    runs = runs.copy()
+    runs["overrun_steps"] = runs["env_steps"] - budget_steps  # spent after the budget: never scored
+    at = {rid: champion_at(d.sort_values("env_steps").to_dict("records"), budget_steps) for rid, d in curves.groupby("run_id")}
+    runs["steps_at_budget"] = [at[rid]["env_steps"] for rid in runs["run_id"]]
+    runs["return_at_budget"] = [at[rid]["champion_return"] for rid in runs["run_id"]]
+    return runs
+
+
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Wall time and core-hours per ``(start, label)`` from the runs' ``wall_s``, ``cpu_s`` and ``env_steps``.
 

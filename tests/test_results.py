@@ -163,3 +163,26 @@ def test_zoo_cost_and_calibration_states():
     a, b = d.sample(4, seed=3), d.sample(4, seed=3)
     assert a.shape == (4, 2) and np.array_equal(a, b) and np.all(np.diff(a[:, 0]) > 0)  # reproducible, in dataset order
     assert not np.array_equal(a, d.sample(4, seed=4)) and len(d.sample(99, seed=0)) == 10
+
+
+def test_score_at_budget_scores_the_champion_known_at_the_budget():
+    runs = pd.DataFrame({"run_id": ["a", "b"], "env_steps": [130, 90]})
+    curves = pd.DataFrame({"run_id": ["a", "a", "a", "b", "b"], "env_steps": [0, 100, 130, 0, 90],
+                           "champion_return": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    scored = results.score_at_budget(runs, curves, 100)
+    assert scored.return_at_budget.tolist() == [2.0, 5.0] and scored.steps_at_budget.tolist() == [100, 90]
+    assert scored.overrun_steps.tolist() == [30, -10] and "overrun_steps" not in runs  # the input is left alone
+
+
+def test_beside_says_what_is_shown_and_notes_a_run_that_predates_exact_starts(tmp_path):
+    assert published.beside("", "04_latent_evolution", root=tmp_path) == (
+        "This chapter shows no other profile's run (`shown_beside` is empty).", None)
+    sentence, stage = published.beside("long", "04_latent_evolution", root=tmp_path, predates="Old run.")
+    assert stage is None and sentence.startswith("No run of the `long` profile") and "Old run." not in sentence
+    folder = tmp_path / "long" / "04_latent_evolution"
+    folder.mkdir(parents=True)
+    (folder / published.META_FILE).write_text("{}")
+    for summary, noted in [({"n_seeds": 3, "verdicts": {"finetune": "V."}}, True), ({"n_seeds": 3, "primary": {}}, False)]:
+        (folder / "summary.json").write_text(json.dumps(summary))
+        sentence, stage = published.beside("long", "04_latent_evolution", root=tmp_path, predates="Old run.")
+        assert stage is not None and sentence.endswith(" Old run.") == noted
