@@ -37,7 +37,8 @@ What later stages use (stage 3 decodes networks, stage 4 evolves latent codes)::
     child = network_from_latents(net, codes, {1: z + noise})    # a latent genome on a base network
 
 Hidden units have no order (and ReLU units no scale) of their own; :data:`SYMMETRIES` names how an
-autoencoder treats that: ``none``, ``align`` (weight matching to a reference), ``augment`` (fresh random
+autoencoder treats that: ``none``, ``align`` (weight matching to a reference; ``align_runs``: one
+permutation per training run), ``augment`` (fresh random
 permutations in every minibatch) or ``canonical`` (:func:`canonical_form`). Stage 2 saves each option's
 autoencoders under ``symmetry/<option>/`` with the reference they use; a network is brought to the
 option's form before they encode it:
@@ -87,7 +88,8 @@ LOSSES = ("functional", "weights", "both", "dagger")
 sum; the functional loss on dataset states mixed with states the decoded networks visit (DAgger-style)."""
 SYMMETRIES = LayerAEParams.SYMMETRIES
 """Ways of handling the arbitrary order (and ReLU scale) of hidden units, checked in one place (the stage's
-parameters): ``none``; ``align`` (:func:`align_hidden_units` to a reference); ``augment`` (a fresh random
+parameters): ``none``; ``align`` (:func:`align_hidden_units` to a reference, network by network);
+``align_runs`` (one permutation per training run, :func:`align_groups`); ``augment`` (a fresh random
 permutation of every train network in every minibatch, :func:`random_hidden_permutations`); ``canonical``
 (:func:`canonical_form`).
 
@@ -375,8 +377,8 @@ class LayerAEConfig:
     """Seed of the initialisation and of every minibatch draw."""
     symmetry: str = "none"
     """The hidden-unit symmetry option it is trained under (:data:`SYMMETRIES`). ``augment`` changes training
-    itself (every minibatch's networks get fresh random permutations of their hidden units); ``align`` and
-    ``canonical`` change the networks it is given (:func:`symmetry_networks`), and it records them so that a
+    itself (every minibatch's networks get fresh random permutations of their hidden units); ``align``,
+    ``align_runs`` and ``canonical`` change the networks it is given (:func:`symmetry_networks`), and it records them so that a
     network is brought to the same form before it is encoded."""
 
     def __post_init__(self) -> None:
@@ -717,12 +719,8 @@ def permute_hidden_units(net: Network, perms: Sequence[np.ndarray]) -> Network:
 
 
 def align_hidden_units(net: Network, reference: Network, iterations: int = 20) -> Network:
-    """``net`` with its hidden units reordered to match ``reference``'s as closely as possible (weight matching).
-
-    Coordinate ascent on sum_l <W_l^ref, P_l W_l P_{l-1}^T> (Ainsworth et al.'s weight matching):
-    each hidden layer's permutation in turn is the linear assignment that best matches its incoming
-    weights and bias and its outgoing weights to the reference's, the other permutations fixed. The
-    result computes exactly the same actions as ``net``; only the order of its hidden units changes.
+    """``net`` with its hidden units reordered to match ``reference``'s as closely as possible (weight matching,
+    :func:`hidden_unit_matching`).
 
     Example:
         >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
@@ -730,6 +728,18 @@ def align_hidden_units(net: Network, reference: Network, iterations: int = 20) -
         >>> shuffled = permute_hidden_units(ref, [np.random.default_rng(1).permutation(8) for _ in range(2)])
         >>> bool(np.array_equal(align_hidden_units(shuffled, ref).flat(), ref.flat()))
         True
+    """
+    return permute_hidden_units(net, hidden_unit_matching(net, reference, iterations))
+
+
+def hidden_unit_matching(net: Network, reference: Network, iterations: int = 20) -> list[np.ndarray]:
+    """The permutation of each hidden layer (for :func:`permute_hidden_units`) that matches ``net``'s units to
+    ``reference``'s as closely as possible (weight matching).
+
+    Coordinate ascent on sum_l <W_l^ref, P_l W_l P_{l-1}^T> (Ainsworth et al.'s weight matching):
+    each hidden layer's permutation in turn is the linear assignment that best matches its incoming
+    weights and bias and its outgoing weights to the reference's, the other permutations fixed. The
+    result computes exactly the same actions as ``net``; only the order of its hidden units changes.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -761,7 +771,38 @@ def align_hidden_units(net: Network, reference: Network, iterations: int = 20) -
                 perms[g], changed = cols, True
         if not changed:
             break
-    return permute_hidden_units(net, perms)
+    return perms
+
+
+def align_groups(nets: Sequence[Network], reference: Network, groups: Sequence[Any]) -> list[Network]:
+    """``nets`` aligned to ``reference`` with one permutation per group: the weight matching of the group's
+    mean network (its members' parameters averaged) to the reference, applied to every member.
+
+    A group is a training run: its snapshots descend from one initialisation and share one order of hidden
+    units, and aligning them one by one breaks that. On the shipped zoo, the 36 train snapshots of run 1
+    came out in 36 different orders (42-48% of their units placed as the most common order places them),
+    so the train set that the autoencoders fit no longer shares an order within a run.
+
+    Example:
+        >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
+        >>> ref, a = Network.random(spec, seed=0), Network.random(spec, seed=1)
+        >>> b = Network.from_flat(spec, a.flat() + 0.01)   # a snapshot of the same run
+        >>> x, y = align_groups([a, b], ref, ["run1", "run1"])
+        >>> bool(np.allclose(y.flat() - x.flat(), 0.01, atol=1e-6))   # one permutation for both
+        True
+    """
+    if len(groups) != len(nets):
+        raise ValueError(f"need one group label per network ({len(nets)}), got {len(groups)}")
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out: list[Network | None] = [None] * len(nets)
+    for idx in members.values():
+        mean = {k: np.mean([nets[i].params[k] for i in idx], axis=0).astype(np.float32) for k in nets[idx[0]].params}
+        perms = hidden_unit_matching(Network(nets[idx[0]].spec, mean), reference)
+        for i in idx:
+            out[i] = permute_hidden_units(nets[i], perms)
+    return out
 
 
 # --------------------------------------------------------------------------- symmetry options
@@ -853,14 +894,20 @@ def canonical_form(net: Network, reference: Network | None = None, norm: float =
     return out
 
 
-def symmetry_networks(option: str, nets: Sequence[Network], reference: Network) -> list[Network]:
+def symmetry_networks(option: str, nets: Sequence[Network], reference: Network,
+                      groups: Sequence[Any] | None = None) -> list[Network]:
     """``nets`` in the form an autoencoder of symmetry ``option`` expects them: aligned to ``reference``
-    (align), canonical with ``reference`` (canonical), or as they are (none, augment: augmentation happens
-    in training). Every network computes exactly the actions it did."""
+    one by one (align) or one permutation per training run (align_runs: ``groups`` labels each network's
+    run, :func:`align_groups`), canonical with ``reference`` (canonical), or as they are (none, augment:
+    augmentation happens in training). Every network computes exactly the actions it did."""
     if option not in SYMMETRIES:
         raise ValueError(f"symmetry must be one of {SYMMETRIES}, got {option!r}")
     if option == "align":
         return [align_hidden_units(n, reference) for n in nets]
+    if option == "align_runs":
+        if groups is None:
+            raise ValueError("align_runs needs the training run (group) of every network")
+        return align_groups(nets, reference, groups)
     if option == "canonical":
         return [canonical_form(n, reference) for n in nets]
     return list(nets)
@@ -1338,6 +1385,7 @@ def train_symmetry_options(
     jobs: int = 1,
     torch_threads: int = 1,
     progress: bool = True,
+    groups: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, SymmetryRun]:
     """Train ``configs`` (stage 2's main autoencoders) once per symmetry option, on the same networks and
     states brought to the option's form: ``{option: SymmetryRun}``.
@@ -1345,11 +1393,19 @@ def train_symmetry_options(
     ``nets``: 'train', 'validation' and, when early stopping is on held-out train snapshots, 'holdout'
     networks; ``pools``: the 'train' and 'validation' state pools. The data are built as stage 2 builds its
     own (eval-state seeds ``seed``, ``seed + 1``, ``seed + 2``), so the 'none' option's autoencoders are
-    the main ones, read back from ``save_dir`` rather than trained again.
+    the main ones, read back from ``save_dir`` rather than trained again. ``groups``: per split, the
+    training run of each network (align_runs needs it; a run's held-out snapshots share its label).
     """
     runs = {}
     for option in options:
-        moved = {s: symmetry_networks(option, v, reference) for s, v in nets.items() if v}
+        if option == "align_runs" and groups is None:
+            raise ValueError("align_runs needs groups: the training run of every network")
+        if option == "align_runs":  # one permutation per run, over all its splits (train and held-out snapshots)
+            labels = [(s, i) for s, v in nets.items() for i in range(len(v))]
+            aligned = align_groups([nets[s][i] for s, i in labels], reference, [groups[s][i] for s, i in labels])
+            moved = {s: [n for (t, _), n in zip(labels, aligned) if t == s] for s in nets if nets[s]}
+        else:
+            moved = {s: symmetry_networks(option, v, reference) for s, v in nets.items() if v}
         train = LayerData.build(moved["train"], pools["train"], eval_states, seed=seed)
         val = LayerData.build(moved["validation"], pools["validation"], eval_states, seed=seed + 1)
         stop_on = LayerData.build(moved["holdout"], pools["train"], eval_states, seed=seed + 2) if "holdout" in moved else None

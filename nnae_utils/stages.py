@@ -313,7 +313,7 @@ class LayerAEParams(StageParams):
     """Stage 2: one autoencoder per layer, flat and neuron-token forms, trained with the functional loss."""
 
     STAGE: typing.ClassVar[str] = "layer_autoencoders"
-    SYMMETRIES: typing.ClassVar[tuple[str, ...]] = ("none", "align", "augment", "canonical")
+    SYMMETRIES: typing.ClassVar[tuple[str, ...]] = ("none", "align", "align_runs", "augment", "canonical")
     """How the hidden units' arbitrary order (and ReLU scale) is handled: the options of ``symmetry``
     (:mod:`nnae_utils.autoencoders` implements them and refers to this tuple)."""
 
@@ -362,7 +362,7 @@ class LayerAEParams(StageParams):
     jobs: int = 2
     """Autoencoders trained at once, each in its own process (1: one after another, in the process of the notebook); the models do not depend on it."""
     symmetry: list[str] = field(default_factory=lambda: ["none", "align"])
-    """Hidden-unit symmetry options the main autoencoders are trained with and compared on the validation run: none (the checkpoints stages 3 and 4 load; required), align (weight matching to the best train network), augment (a fresh random permutation of every train network in every minibatch), canonical (ReLU units rescaled to unit norm, then ordered and weight-matched to the canonical reference)."""
+    """Hidden-unit symmetry options the main autoencoders are trained with and compared on the validation run: none (the checkpoints stages 3 and 4 load; required), align (weight matching to the best train network, network by network), align_runs (the same with one permutation per training run, that of its mean network), augment (a fresh random permutation of every train network in every minibatch), canonical (ReLU units rescaled to unit norm, then ordered and weight-matched to the canonical reference)."""
 
     def validate(self) -> None:
         self._positive(

@@ -476,6 +476,24 @@ def test_canonical_form_is_invariant_to_a_permutation_and_a_positive_rescaling(w
                                rtol=1e-4, atol=1e-5)
 
 
+def test_runs_are_aligned_with_one_permutation_each_and_keep_their_function():
+    nets = synthetic.synthetic_zoo(SPEC, runs=3, per_run=3, seed=4)
+    runs = [i // 3 for i in range(9)]
+    aligned = ae.align_groups(nets, nets[0], runs)
+    x = states(16)
+    for before, after in zip(nets, aligned):
+        np.testing.assert_allclose(after.act(x), before.act(x), rtol=1e-5, atol=1e-5)
+    for r in range(3):  # snapshots of one run keep their differences: one permutation moved them all
+        members = [i for i in range(9) if runs[i] == r]
+        perm_pairs = [(ae.hidden_unit_matching(aligned[i], nets[i]), ae.hidden_unit_matching(aligned[members[0]], nets[members[0]]))
+                      for i in members]
+        assert all(all(np.array_equal(a, b) for a, b in zip(p, q)) for p, q in perm_pairs)
+    with pytest.raises(ValueError, match="needs the training run"):
+        ae.symmetry_networks("align_runs", nets, nets[0])
+    with pytest.raises(ValueError, match="one group label per network"):
+        ae.align_groups(nets, nets[0], runs[:-1])
+
+
 def test_rescaling_is_refused_where_it_would_change_the_function():
     net = synthetic_zoo(SPECS[1], runs=1, per_run=1)[0]  # elu with LayerNorm
     with pytest.raises(ValueError, match="ReLU units without LayerNorm"):
@@ -519,8 +537,9 @@ def test_every_symmetry_option_trains_a_tiny_autoencoder_on_held_out_runs(symmet
     nets = synthetic.synthetic_zoo(SPEC, runs=3, per_run=3, seed=0)
     pool = states(256)
     reference = nets[0]
-    train_nets = ae.symmetry_networks(symmetry, nets[:6], reference)   # runs 0 and 1
-    val_nets = ae.symmetry_networks(symmetry, nets[6:], reference)     # run 2, held out
+    runs = [i // 3 for i in range(9)]
+    train_nets = ae.symmetry_networks(symmetry, nets[:6], reference, runs[:6])   # runs 0 and 1
+    val_nets = ae.symmetry_networks(symmetry, nets[6:], reference, runs[6:])     # run 2, held out
     x = states(16)
     for before, after in zip(nets, train_nets + val_nets):
         np.testing.assert_allclose(after.act(x), before.act(x), rtol=1e-5, atol=1e-5)
@@ -549,14 +568,15 @@ def test_symmetry_options_retrain_the_main_autoencoders_and_none_reads_them_back
     val = ae.LayerData.build(split["validation"], pools["validation"], 64, seed=1)
     held = ae.LayerData.build(split["holdout"], pools["train"], 64, seed=2)
     main = ae.train_many_layer_autoencoders(configs, train, val, stop_on=held, save_dir=tmp_path, progress=False)
+    groups = {"train": [0, 0, 0, 1, 1], "holdout": [1], "validation": [2, 2, 2]}
     runs = ae.train_symmetry_options(ae.SYMMETRIES, configs, split, pools, nets[0], eval_states=64, seed=0,
-                                     save_dir=tmp_path, progress=False)
+                                     save_dir=tmp_path, progress=False, groups=groups)
     assert list(runs) == list(ae.SYMMETRIES)
     assert [reused for _, reused in runs["none"].results] == [True, True]  # the main autoencoders, not retrained
     assert runs["none"].results[0][0].history == main[0][0].history
     assert all(not reused for o in ae.SYMMETRIES[1:] for _, reused in runs[o].results)
     rows = [row for run in runs.values() for row in run.rows()]
-    assert len(rows) == 8 and all(np.isfinite(r["val_over_mean_layer"]) for r in rows)
+    assert len(rows) == 2 * len(ae.SYMMETRIES) and all(np.isfinite(r["val_over_mean_layer"]) for r in rows)
     assert all(np.isfinite(r["holdout_over_mean_layer"]) for r in rows)  # split by network, beside split by run
     canonical = runs["canonical"]
     np.testing.assert_allclose(canonical.reference.flat(), ae.canonical_form(nets[0]).flat())
