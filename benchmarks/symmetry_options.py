@@ -1,0 +1,88 @@
+"""Stage 2's symmetry options on a run's zoo, main autoencoders only (issue 29).
+
+The same data, configs, seeds and early stopping as notebook 02 with the ``default`` profile's stage-2
+parameters, without its ablations, latent sweep, PCA and on-policy checks: each option of
+``--options`` retrains the six main autoencoders (3 layers x flat / token) through
+``autoencoders.train_symmetry_options``, and the table gives, per option, form and layer, the
+validation (held-out run) and held-out-snapshot (split by network) functional losses, each over the
+option's own mean layer, with each model's training seconds. Models are kept in
+``<run-dir>/_work/symmetry_options`` and read back by a rerun.
+
+    python -m nnae_utils.pipeline --profile default --run-dir runs/default --only data
+    python benchmarks/symmetry_options.py --run-dir runs/default
+
+writes ``benchmarks/results/symmetry_options_default.csv``. About 13 minutes on 2 loaded cores
+(load average 9: two TD3 trainings and other work beside it) for all five options.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from nnae_utils import autoencoders as ae
+from nnae_utils.pipeline import load_profile, resolve_params
+from nnae_utils.states import StateDataset
+from nnae_utils.zoo import load_zoo
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="a run whose data stage has run")
+    parser.add_argument("--profile", default="default", help="profile whose stage-2 parameters are used")
+    parser.add_argument("--options", nargs="+", default=list(ae.SYMMETRIES))
+    parser.add_argument("--out", type=Path, default=RESULTS / "symmetry_options_default.csv")
+    args = parser.parse_args(argv)
+    P = resolve_params(load_profile(args.profile), {}, args.run_dir)["layer_autoencoders"]
+    torch.set_num_threads(P.torch_threads)
+    data_dir = args.run_dir / "01_data"
+    Z = load_zoo(data_dir / "zoo")
+    dataset = StateDataset.load(data_dir / "states.npz")
+    frame = Z.frame()
+    split_of = frame.set_index("id")["split"]
+    # as notebook 02: the state pools, the held-out train snapshots, the networks each split trains on
+    pools = ae.split_states(dataset.states, dataset.is_random, dataset.owner, [split_of[r["id"]] for r in Z.records], seed=P.seed)
+    holdout_ids = set(Z.holdout_snapshots(P.holdout_every)) if P.stop_on == "train_holdout" else set()
+    trained = {s: [i for i, r in enumerate(Z.records) if split_of[r["id"]] == s and r["id"] not in holdout_ids]
+               for s in ("train", "validation")}
+    nets = {s: [Z.networks[i] for i in idx] for s, idx in trained.items()}
+    held = [n for n, r in zip(Z.networks, Z.records) if r["id"] in holdout_ids]
+    lineage = {r.id: f"run{r.run}" if r.kind == "td3_snapshot" else r.id for r in frame.itertuples()}
+    groups = {s: [lineage[Z.records[i]["id"]] for i in idx] for s, idx in trained.items()}
+    groups["holdout"] = [lineage[r["id"]] for r in Z.records if r["id"] in holdout_ids]
+    train_kwargs = dict(lr=P.lr, max_epochs=P.max_epochs, steps_per_epoch=P.steps_per_epoch,
+                        networks_per_batch=P.networks_per_batch, states_per_batch=P.states_per_batch, patience=P.patience,
+                        min_delta=P.min_delta, weight_loss_coef=P.weight_loss_coef, dagger_every=P.dagger_every,
+                        dagger_networks=P.dagger_networks, dagger_fraction=P.dagger_fraction,
+                        dagger_max_steps=P.rollout_max_steps, seed=P.seed)
+    plan, _ = ae.plan_experiments(Z.networks[0].spec, main_ratio=P.main_ratio, sweep_ratios=P.sweep_ratios,
+                                  max_flat_latent=P.max_flat_latent, flat_hidden=P.flat_hidden,
+                                  token_hidden=P.token_hidden, **train_kwargs)
+    configs = [r.config for r in plan if "main" in r.roles]
+    reference = Z.networks[max(trained["train"], key=lambda i: Z.records[i]["return_mean"])]
+    print(f"train {len(nets['train'])}, validation {len(nets['validation'])}, held-out snapshots {len(held)}; "
+          f"options {args.options}", flush=True)
+    start = time.perf_counter()
+    runs = ae.train_symmetry_options(args.options, configs, {**nets, "holdout": held}, pools, reference,
+                                     eval_states=P.eval_states, seed=P.seed, save_dir=args.run_dir / "_work" / "symmetry_options",
+                                     jobs=P.jobs, torch_threads=P.torch_threads, progress=False, groups=groups)
+    table = pd.DataFrame([row for run in runs.values() for row in run.rows()])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
+    print("training seconds per option (sum of its 6 models):")
+    print(table.groupby("symmetry", sort=False)["wall_seconds"].sum().round(0).to_string())
+    order = pd.MultiIndex.from_product([args.options, ae.FORMS])
+    for col in ("val_over_mean_layer", "holdout_over_mean_layer", "val_functional", "train_functional"):
+        if col in table:
+            print(col)
+            print(table.pivot_table(index=["symmetry", "form"], columns="layer", values=col).reindex(order).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
