@@ -11,7 +11,7 @@ option's own mean layer, with each model's training seconds. Models are kept in
     python -m nnae_utils.pipeline --profile default --run-dir runs/default --only data
     python benchmarks/symmetry_options.py --run-dir runs/default
 
-writes ``benchmarks/results/symmetry_options_default.csv``. About 13 minutes on 2 loaded cores
+writes ``benchmarks/results/symmetry_options_default.csv``. About 16 minutes on 2 loaded cores
 (load average 9: two TD3 trainings and other work beside it) for all five options.
 """
 from __future__ import annotations
