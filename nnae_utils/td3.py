@@ -6,6 +6,9 @@ The pieces a later CERL loop reuses are separate: :class:`ReplayBuffer` (numpy, 
 in one place as CleanRL writes it: collect a step, learn, and every so often evaluate and
 checkpoint, each phase a method of one run's trainer, on one :class:`TD3State` (learner, RNGs,
 counters, clocks), whose ``save`` / ``read`` / ``restore`` are the one home of the checkpoint format.
+The pieces of a run's step (its schedule, exploration, buffer refill, evaluation with its curve row
+and snapshot metadata, provenance) are :class:`TD3State`'s and this module's, and
+:mod:`nnae_utils.td3_ensemble` runs each of its members through the same ones.
 
 What a run leaves in ``run_dir``:
 
@@ -76,6 +79,7 @@ CURVE_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_s", "upd
 CHECKPOINT_VERSION = 1
 BUFFER_VERSION = 1
 CRITIC_FORMAT = "nnae-td3-critic"
+TRAINER = "nnae_utils.td3"
 MAX_RUN_SEED = 100  # nnae_utils.seeds: td3_selection seeds are 10_000 * run_seed + k, run_seed < 100
 MAX_EVAL_EPISODES = 10_000  # so the selection seeds of two runs never overlap
 
@@ -203,6 +207,20 @@ class TD3Config:
         """The actor's architecture for an environment with these sizes."""
         return NetworkSpec(obs_dim=obs_dim, act_dim=act_dim, hidden=self.actor_hidden,
                            activation=self.actor_activation, env_id=self.env_id)
+
+    # ---- the schedule of a run (train_td3's and every ensemble member's)
+
+    def learns_at(self, step: int) -> bool:
+        """Whether an update follows environment step ``step`` (every step after the warm-up)."""
+        return step > self.learning_starts
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the actor is evaluated (a curve row, a snapshot) after environment step ``step``."""
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def next_checkpoint_after(self, step: int) -> int:
+        """The first multiple of ``checkpoint_every`` after ``step``."""
+        return (step // self.checkpoint_every + 1) * self.checkpoint_every
 
 
 # Fields that may differ between a checkpoint and the config that resumes it: a run may be
@@ -563,14 +581,15 @@ class TD3Learner:
 # --------------------------------------------------------------------------- files
 
 
-def _read_curve(path: Path) -> list[dict[str, str]]:
+def read_curve(path: Path) -> list[dict[str, str]]:
+    """A run's ``curve.csv`` rows as dicts of strings (no file: none)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _write_curve(path: Path, rows: list[Mapping[str, Any]]) -> None:
+def write_curve(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     def write(f) -> None:
         f.write((",".join(CURVE_COLUMNS) + "\n").encode())
         for row in rows:
@@ -579,10 +598,23 @@ def _write_curve(path: Path, rows: list[Mapping[str, Any]]) -> None:
     atomic_write(path, write)
 
 
-def _append_curve(path: Path, row: Mapping[str, Any]) -> None:
+def append_curve(path: Path, row: Mapping[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(",".join(str(row[c]) for c in CURVE_COLUMNS) + "\n")
         f.flush()
+
+
+def keep_outputs_up_to(run_dir: Path, step: int | None) -> None:
+    """``run_dir``'s curve rows and snapshots after ``step`` removed (None: all of them, the curve left with
+    its header): what a resume from a checkpoint at ``step`` computes again."""
+    curve_path, snap_dir = run_dir / CURVE_FILE, run_dir / SNAPSHOT_DIR
+    rows = [r for r in read_curve(curve_path) if step is not None and int(r["step"]) <= step]
+    if step is None and curve_path.exists():
+        curve_path.unlink()
+    write_curve(curve_path, rows)
+    for p in snap_dir.glob("step_*.safetensors") if snap_dir.is_dir() else []:
+        if step is None or int(p.stem.split("_")[1]) > step:
+            p.unlink()
 
 
 def _unwrap_time_limit(env):
@@ -623,11 +655,6 @@ def _set_env_state(env, saved: Mapping[str, Any]) -> None:
     limit = _unwrap_time_limit(env)
     if limit is not None and saved["elapsed_steps"] >= 0:
         limit._elapsed_steps = int(saved["elapsed_steps"])
-
-
-# Public names of the env-state helpers (nnae_utils.td3_ensemble checkpoints its members' envs with them).
-env_state = _env_state
-set_env_state = _set_env_state
 
 
 # --------------------------------------------------------------------------- the training loop
@@ -691,6 +718,9 @@ class TD3State:
     """Loaded mid-episode: the env's MuJoCo state (None: between episodes, or not a MuJoCo env)."""
     buffer_n_added: int = 0
     """Loaded: ``n_added`` of the buffer written with the checkpoint."""
+    torch_gen: torch.Generator | None = None
+    """Where the target-policy noise comes from: None, torch's global generator (train_td3); an ensemble
+    member's own generator (:mod:`nnae_utils.td3_ensemble`). Its state is the checkpoint's ``torch_rng``."""
 
     @classmethod
     def fresh(cls, cfg: TD3Config, obs_dim: int, act_dim: int) -> "TD3State":
@@ -699,20 +729,30 @@ class TD3State:
         rng = np.random.default_rng(cfg.seed)
         return cls(learner=TD3Learner.from_config(cfg, obs_dim, act_dim), rng=rng, next_checkpoint=cfg.checkpoint_every)
 
-    def save(self, run_dir: Path, cfg: TD3Config, env, buffer: ReplayBuffer) -> None:
-        """Write ``buffer.npz``, then ``checkpoint.pt`` (mid-episode: with the env's MuJoCo state)."""
+    def run_fields(self, env, buffer: ReplayBuffer) -> dict[str, Any]:
+        """The checkpoint's entries of this one run (random generators, episode, env, buffer, clocks), which an
+        ensemble's checkpoint holds per member beside its stacked learner."""
         mid_episode = self.obs is not None
+        return {
+            "torch_rng": torch.get_rng_state() if self.torch_gen is None else self.torch_gen.get_state(),
+            "numpy_rng": self.rng.bit_generator.state, "episode": self.episode,
+            "obs": torch.from_numpy(np.asarray(self.obs, np.float64)) if mid_episode else None,
+            "env_state": _env_state(env) if mid_episode else None, "ep_return": self.ep_return, "ep_len": self.ep_len,
+            "buffer_n_added": buffer.n_added, "update_time_s": self.update_time_s,
+            "updates_at_eval": self.updates_at_eval, "update_time_at_eval": self.update_time_at_eval,
+            "last_return": self.last_return,
+        }
+
+    def save(self, run_dir: Path, cfg: TD3Config, env, buffer: ReplayBuffer,
+             learner_state: Mapping[str, Any] | None = None) -> None:
+        """Write ``buffer.npz``, then ``checkpoint.pt`` (mid-episode: with the env's MuJoCo state);
+        ``learner_state``: the learner's ``state_dict()`` when it lives elsewhere (an ensemble's member)."""
         buffer.save(run_dir / BUFFER_FILE)  # first: a checkpoint never points at a buffer older than itself
         saved = {
             "version": CHECKPOINT_VERSION, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "learner": self.learner.state_dict(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": self.rng.bit_generator.state, "step": self.step, "episode": self.episode,
-            "next_checkpoint": self.next_checkpoint,
-            "obs": torch.from_numpy(np.asarray(self.obs, np.float64)) if mid_episode else None,
-            "env_state": _env_state(env) if mid_episode else None, "ep_return": self.ep_return, "ep_len": self.ep_len,
-            "buffer_n_added": buffer.n_added, "wall_s": self.wall_s, "update_time_s": self.update_time_s,
-            "updates_at_eval": self.updates_at_eval, "update_time_at_eval": self.update_time_at_eval,
-            "last_return": self.last_return,
+            "learner": self.learner.state_dict() if learner_state is None else learner_state,
+            "step": self.step, "next_checkpoint": self.next_checkpoint, "wall_s": self.wall_s,
+            **self.run_fields(env, buffer),
         }
         atomic_write(run_dir / CHECKPOINT_FILE, lambda f: torch.save(saved, f))
 
@@ -723,7 +763,7 @@ class TD3State:
         if not path.is_file():
             return None
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        _check_same_run(TD3Config.from_dict(json.loads(saved["config"])), cfg, path)
+        check_same_run(TD3Config.from_dict(json.loads(saved["config"])), cfg, path)
         if saved["step"] > cfg.total_steps:
             raise ValueError(f"{path} is at step {saved['step']}, beyond total_steps={cfg.total_steps}")
         return saved
@@ -733,16 +773,23 @@ class TD3State:
         """The state :meth:`read` returned, exactly: learner, both random generators, counters, clocks."""
         state = cls.fresh(cfg, obs_dim, act_dim)  # the same construction as the run that saved it
         state.learner.load_state_dict(saved["learner"])
-        torch.set_rng_state(saved["torch_rng"])
-        state.rng.bit_generator.state = saved["numpy_rng"]
-        state.step, state.episode = int(saved["step"]), int(saved["episode"])
-        state.next_checkpoint = int(saved["next_checkpoint"])
-        state.obs = None if saved["obs"] is None else saved["obs"].numpy()
-        state.ep_return, state.ep_len, state.env_state = float(saved["ep_return"]), int(saved["ep_len"]), saved["env_state"]
-        state.wall_s, state.update_time_s = float(saved["wall_s"]), float(saved["update_time_s"])
-        state.updates_at_eval, state.update_time_at_eval = int(saved["updates_at_eval"]), float(saved["update_time_at_eval"])
-        state.last_return, state.buffer_n_added = float(saved["last_return"]), int(saved["buffer_n_added"])
+        state.step, state.next_checkpoint, state.wall_s = int(saved["step"]), int(saved["next_checkpoint"]), float(saved["wall_s"])
+        state.load_run_fields(saved)
         return state
+
+    def load_run_fields(self, saved: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`run_fields`."""
+        if self.torch_gen is None:
+            torch.set_rng_state(saved["torch_rng"])
+        else:
+            self.torch_gen.set_state(saved["torch_rng"])
+        self.rng.bit_generator.state = saved["numpy_rng"]
+        self.episode = int(saved["episode"])
+        self.obs = None if saved["obs"] is None else saved["obs"].numpy()
+        self.ep_return, self.ep_len, self.env_state = float(saved["ep_return"]), int(saved["ep_len"]), saved["env_state"]
+        self.update_time_s = float(saved["update_time_s"])
+        self.updates_at_eval, self.update_time_at_eval = int(saved["updates_at_eval"]), float(saved["update_time_at_eval"])
+        self.last_return, self.buffer_n_added = float(saved["last_return"]), int(saved["buffer_n_added"])
 
     def restore_buffer(self, run_dir: Path, cfg: TD3Config) -> ReplayBuffer | None:
         """The buffer written with this checkpoint, or None if it is lost (another machine, or a newer one)."""
@@ -773,17 +820,74 @@ class TD3State:
         _set_env_state(env, self.env_state)
         return True
 
+    # ---- the run's own transitions (train_td3's, and each member's of an ensemble)
 
-class _Session:
+    def begin_episode(self, env, cfg: TD3Config) -> None:
+        """Between episodes: reset ``env`` for training episode ``self.episode``."""
+        if self.obs is None:
+            self.obs, _ = env.reset(seed=episode_seed(cfg.seed, self.episode))
+            self.ep_return, self.ep_len = 0.0, 0
+
+    def explore_action(self, cfg: TD3Config, space, actor: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Uniform in the action space during warm-up; then ``actor(obs)`` plus clipped Gaussian noise."""
+        if self.step < cfg.learning_starts:
+            return self.rng.uniform(space.low, space.high).astype(np.float32)
+        a = actor(self.obs) + self.rng.normal(0.0, cfg.exploration_noise, size=int(np.prod(space.shape)))
+        return np.clip(a, space.low, space.high).astype(np.float32)
+
+    def env_step(self, env, buffer: ReplayBuffer, action: np.ndarray) -> None:
+        """``action`` in ``env``, the transition into ``buffer``; an episode end leaves no observation."""
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(self.obs, action, reward, next_obs, terminated)  # terminated only: bootstrap through truncation
+        self.obs, self.ep_return, self.ep_len = next_obs, self.ep_return + float(reward), self.ep_len + 1
+        if terminated or truncated:
+            self.episode, self.obs = self.episode + 1, None
+
+    def collect(self, cfg: TD3Config, env, buffer: ReplayBuffer, actor: Callable[[np.ndarray], np.ndarray]) -> None:
+        """One environment step into ``buffer`` (a new episode first, when none is running)."""
+        self.begin_episode(env, cfg)
+        self.env_step(env, buffer, self.explore_action(cfg, env.action_space, actor))
+
+    def refill_buffer(self, cfg: TD3Config, env, session: "RunSession",
+                      actor: Callable[[np.ndarray], np.ndarray]) -> ReplayBuffer:
+        """A lost buffer (a new machine): a new one filled by ``actor``, no updates, no steps counted;
+        recorded in the provenance (``buffer_refilled_at_steps``, ``buffer_refill_env_steps``)."""
+        spec = self.learner.spec
+        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size)
+        n_refill = max(cfg.learning_starts, cfg.batch_size)
+        for _ in range(n_refill):
+            self.collect(cfg, env, buffer, actor)
+        prov = session.prov
+        prov["buffer_refilled_at_steps"].append(self.step)
+        prov["buffer_refill_env_steps"] = prov.get("buffer_refill_env_steps", 0) + n_refill
+        return buffer
+
+    def curve_row(self, returns: np.ndarray, session: "RunSession") -> dict[str, Any]:
+        """The curve row of an evaluation with these ``returns`` (the session's clocks read now)."""
+        d_upd, d_time = self.learner.n_updates - self.updates_at_eval, self.update_time_s - self.update_time_at_eval
+        return {
+            "step": self.step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
+            "episodes": len(returns), "wall_s": round(session.wall_s(), 3),
+            "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": self.episode,
+            "updates": self.learner.n_updates, "update_time_s": round(self.update_time_s, 4),
+            "core_s": round(session.core_s(), 3),
+        }
+
+
+class RunSession:
     """This process's part of a run: its clocks, and the run's ``provenance.json`` (config, versions,
-    sessions, core-seconds over all of them, buffer refills, episodes cut)."""
+    sessions, core-seconds over all of them, buffer refills, episodes cut). An ensemble's member
+    (:mod:`nnae_utils.td3_ensemble`) overrides :meth:`session_core_s` with its share of the process."""
 
     def __init__(self, path: Path):
         self.path, self.prov = path, {}
         self.t_start, self.cpu_start = time.perf_counter(), time.process_time()
         self.t0, self.core_before = self.t_start, 0.0
 
-    def begin(self, cfg: TD3Config, state: TD3State, resumed: bool, eval_seeds: np.ndarray) -> None:
+    def begin(self, cfg: TD3Config, state: TD3State, resumed: bool, eval_seeds: np.ndarray,
+              extra: Mapping[str, Any] | None = None, session_extra: Mapping[str, Any] | None = None) -> None:
+        """Provenance read (resumed) or started, this session appended to it; ``extra`` and
+        ``session_extra``: further entries of the provenance and of this session's record."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         prov = json.loads(self.path.read_text()) if (resumed and self.path.is_file()) else {}
         prov.setdefault("start_time", now)
@@ -791,103 +895,111 @@ class _Session:
             prov.setdefault(key, [])
         prov.setdefault("core_seconds", 0.0)
         prov.update(config=cfg.to_dict(), versions=runtime_versions(), eval_seeds=eval_seeds.tolist(),
-                    finished=False, host=platform.node())
+                    finished=False, host=platform.node(), **(extra or {}))
         self.core_before = sum(s.get("core_seconds", 0.0) for s in prov["sessions"])  # earlier sessions' CPU
-        prov["sessions"].append({"start_time": now, "start_step": state.step, "torch_threads": cfg.torch_threads})
+        prov["sessions"].append({"start_time": now, "start_step": state.step, "torch_threads": cfg.torch_threads,
+                                 **(session_extra or {})})
         self.prov, self.t0 = prov, time.perf_counter() - state.wall_s  # t0: the run's wall clock, over all sessions
 
     def wall_s(self) -> float:
         """Wall seconds of the run, all sessions."""
         return time.perf_counter() - self.t0
 
+    def session_core_s(self) -> float:
+        """CPU seconds of this session (the process's)."""
+        return time.process_time() - self.cpu_start
+
     def core_s(self) -> float:
         """CPU seconds of the run, all sessions."""
-        return self.core_before + time.process_time() - self.cpu_start
+        return self.core_before + self.session_core_s()
 
     def write(self, state: TD3State, finished: bool) -> None:
         end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.prov["sessions"][-1].update(end_time=end, end_step=state.step,
                                          wall_s=round(time.perf_counter() - self.t_start, 3),
-                                         core_seconds=round(time.process_time() - self.cpu_start, 3))
+                                         core_seconds=round(self.session_core_s(), 3))
         core = sum(s.get("core_seconds", 0.0) for s in self.prov["sessions"])
         self.prov.update(end_time=end, total_wall_s=round(self.wall_s(), 3), core_seconds=round(core, 3), step=state.step,
                          updates=state.learner.n_updates, train_episodes=state.episode, finished=finished)
         write_json(self.path, self.prov)
 
 
+def eval_backend(env_id: str) -> str:
+    """How in-training evaluations play: batched (numpy) where :mod:`nnae_utils.rollouts` has the env."""
+    from .rollouts import SUPPORTED_ENV_IDS
+
+    return "batched" if env_id in SUPPORTED_ENV_IDS else "gymnasium"
+
+
+def snapshot_metadata(cfg: TD3Config, step: int, returns: np.ndarray, eval_seeds: np.ndarray,
+                      trainer: str) -> dict[str, str]:
+    """What a snapshot says of where it came from (beside the network format's own metadata)."""
+    return {
+        "run_seed": str(cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),
+        "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(eval_seeds.tolist()),
+        "eval_max_steps": str(cfg.eval_max_steps), "trainer": trainer,
+        "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
+    }
+
+
+def evaluate_run(state: TD3State, cfg: TD3Config, run_dir: Path, session: RunSession, eval_seeds: np.ndarray,
+                 trainer: str = TRAINER) -> dict[str, Any]:
+    """The run's actor (``state.learner``) on its selection seeds: a snapshot (with :func:`snapshot_metadata`)
+    and a curve row (returned), and the state's marks of the last evaluation moved here."""
+    from .rollouts import evaluate
+
+    net = state.learner.actor_network()
+    result = evaluate(net, eval_seeds, backend=eval_backend(cfg.env_id), nthread=cfg.torch_threads,
+                      max_steps=cfg.eval_max_steps)
+    returns = np.asarray(result.returns, np.float64).reshape(-1)
+    row = state.curve_row(returns, session)
+    net.extra_metadata.update(snapshot_metadata(cfg, state.step, returns, eval_seeds, trainer))
+    save_network(run_dir / SNAPSHOT_DIR / f"step_{state.step:07d}.safetensors", net)
+    append_curve(run_dir / CURVE_FILE, row)
+    state.last_return, state.updates_at_eval, state.update_time_at_eval = row["return_mean"], state.learner.n_updates, state.update_time_s
+    return row
+
+
+def save_final_critic(run_dir: Path, cfg: TD3Config, state: TD3State) -> None:
+    """A finished run's twin critic, with the config and step it was trained to."""
+    save_critic(run_dir / CRITIC_FILE, state.learner.critic, {
+        "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(state.step), "run_seed": str(cfg.seed)})
+
+
 class _Trainer:
     """The phases of :func:`train_td3`'s loop, on one run's state, env, buffer and files."""
 
-    def __init__(self, cfg: TD3Config, run_dir: Path, env, saved: Mapping[str, Any] | None, session: _Session):
-        from .rollouts import SUPPORTED_ENV_IDS
-
+    def __init__(self, cfg: TD3Config, run_dir: Path, env, saved: Mapping[str, Any] | None, session: RunSession):
         self.cfg, self.run_dir, self.env, self.session = cfg, run_dir, env, session
         self.curve_path, self.snap_dir = run_dir / CURVE_FILE, run_dir / SNAPSHOT_DIR
-        self.space = env.action_space
-        obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(self.space.shape))
-        self.act_dim = act_dim
+        obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
         self.eval_seeds = selection_seeds(cfg)
-        self.eval_backend = "batched" if cfg.env_id in SUPPORTED_ENV_IDS else "gymnasium"
         self.on_eval: Callable[[dict[str, Any]], None] | None = None
         self.bar = None
         if saved is None:
             self.state = TD3State.fresh(cfg, obs_dim, act_dim)
             self.buffer: ReplayBuffer | None = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size)
-            self._keep_outputs_up_to(None)  # leftovers of an attempt that never checkpointed: redone identically
+            keep_outputs_up_to(run_dir, None)  # leftovers of an attempt that never checkpointed: redone identically
             self.last_checkpoint: int | None = None
         else:
             self.state = TD3State.restore(saved, cfg, obs_dim, act_dim)
             self.buffer = self.state.restore_buffer(run_dir, cfg)
-            self._keep_outputs_up_to(self.state.step)  # evaluations made after the checkpoint are redone
+            keep_outputs_up_to(run_dir, self.state.step)  # evaluations made after the checkpoint are redone
             self.last_checkpoint = self.state.step if self.buffer is not None else None  # on disk, and current
         session.begin(cfg, self.state, resumed=saved is not None, eval_seeds=self.eval_seeds)
         if not self.state.resume_episode(env, cfg):
             session.prov["episodes_cut_at_steps"].append(self.state.step)
 
-    def _keep_outputs_up_to(self, step: int | None) -> None:
-        """Curve rows and snapshots after ``step`` removed (None: all of them)."""
-        rows = [r for r in _read_curve(self.curve_path) if step is not None and int(r["step"]) <= step]
-        if step is None and self.curve_path.exists():
-            self.curve_path.unlink()
-        _write_curve(self.curve_path, rows)
-        for p in self.snap_dir.glob("step_*.safetensors") if self.snap_dir.is_dir() else []:
-            if step is None or int(p.stem.split("_")[1]) > step:
-                p.unlink()
-
     def curve(self) -> list[dict[str, str]]:
-        return _read_curve(self.curve_path)
-
-    def explore_action(self) -> np.ndarray:
-        """Uniform in the action space during warm-up; then the actor's action plus clipped Gaussian noise."""
-        s, space = self.state, self.space
-        if s.step < self.cfg.learning_starts:
-            return s.rng.uniform(space.low, space.high).astype(np.float32)
-        a = s.learner.act(s.obs) + s.rng.normal(0.0, self.cfg.exploration_noise, size=self.act_dim)
-        return np.clip(a, space.low, space.high).astype(np.float32)
+        return read_curve(self.curve_path)
 
     def collect(self) -> None:
         """One environment step into the buffer (a new episode first, when none is running)."""
-        s = self.state
-        if s.obs is None:
-            s.obs, _ = self.env.reset(seed=episode_seed(self.cfg.seed, s.episode))
-            s.ep_return, s.ep_len = 0.0, 0
-        action = self.explore_action()
-        next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        self.buffer.add(s.obs, action, reward, next_obs, terminated)  # terminated only: bootstrap through truncation
-        s.obs, s.ep_return, s.ep_len = next_obs, s.ep_return + float(reward), s.ep_len + 1
-        if terminated or truncated:
-            s.episode, s.obs = s.episode + 1, None
+        self.state.collect(self.cfg, self.env, self.buffer, self.state.learner.act)
 
     def refill_buffer(self) -> None:
         """A lost buffer (a new machine): refilled by the current actor, no updates, no steps counted."""
-        cfg = self.cfg
-        self.buffer = ReplayBuffer(self.state.learner.spec.obs_dim, self.act_dim, cfg.buffer_size)
-        n_refill = max(cfg.learning_starts, cfg.batch_size)
-        for _ in range(n_refill):
-            self.collect()
-        prov = self.session.prov
-        prov["buffer_refilled_at_steps"].append(self.state.step)
-        prov["buffer_refill_env_steps"] = prov.get("buffer_refill_env_steps", 0) + n_refill
+        self.buffer = self.state.refill_buffer(self.cfg, self.env, self.session, self.state.learner.act)
 
     def learn(self) -> None:
         """One TD3 update on a replay batch (the time spent is the curve's update_time_s)."""
@@ -898,32 +1010,9 @@ class _Trainer:
 
     def evaluate(self) -> None:
         """The actor on the selection seeds: a curve row and a snapshot (its metadata says where it came from)."""
-        from .rollouts import evaluate
-
-        s, cfg = self.state, self.cfg
-        net = s.learner.actor_network()
-        result = evaluate(net, self.eval_seeds, backend=self.eval_backend, nthread=cfg.torch_threads,
-                          max_steps=cfg.eval_max_steps)
-        returns = np.asarray(result.returns, np.float64).reshape(-1)
-        d_upd, d_time = s.learner.n_updates - s.updates_at_eval, s.update_time_s - s.update_time_at_eval
-        row = {
-            "step": s.step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
-            "episodes": len(returns), "wall_s": round(self.session.wall_s(), 3),
-            "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"), "train_episodes": s.episode,
-            "updates": s.learner.n_updates, "update_time_s": round(s.update_time_s, 4),
-            "core_s": round(self.session.core_s(), 3),
-        }
-        net.extra_metadata.update({
-            "run_seed": str(cfg.seed), "step": str(s.step), "eval_return_mean": repr(float(returns.mean())),
-            "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(self.eval_seeds.tolist()),
-            "eval_max_steps": str(cfg.eval_max_steps), "trainer": "nnae_utils.td3",
-            "td3_config": json.dumps(cfg.to_dict(), sort_keys=True),
-        })
-        save_network(self.snap_dir / f"step_{s.step:07d}.safetensors", net)
-        _append_curve(self.curve_path, row)
-        s.last_return, s.updates_at_eval, s.update_time_at_eval = row["return_mean"], s.learner.n_updates, s.update_time_s
+        row = evaluate_run(self.state, self.cfg, self.run_dir, self.session, self.eval_seeds)
         if self.bar is not None:
-            self.bar.set_postfix(ret=f"{s.last_return:.0f}", refresh=False)
+            self.bar.set_postfix(ret=f"{self.state.last_return:.0f}", refresh=False)
         if self.on_eval is not None:
             self.on_eval(row)
 
@@ -936,20 +1025,14 @@ class _Trainer:
 
     def finish(self, done_early: bool, done_when) -> TD3Run:
         """Provenance (and, for a finished run, the critic) written; the run's result."""
-        import pandas as pd
-
         s, cfg = self.state, self.cfg
         finished = s.step >= cfg.total_steps or done_early
         if done_early:
             self.session.prov["done_early"] = {"rule": repr(done_when), "step": s.step}
         if finished:
-            save_critic(self.run_dir / CRITIC_FILE, s.learner.critic, {
-                "td3_config": json.dumps(cfg.to_dict(), sort_keys=True), "step": str(s.step), "run_seed": str(cfg.seed)})
+            save_final_critic(self.run_dir, cfg, s)
         self.session.write(s, finished=finished)
-        return TD3Run(run_dir=self.run_dir, step=s.step, finished=finished, curve=pd.read_csv(self.curve_path),
-                      final_return=s.last_return, snapshots=sorted(self.snap_dir.glob("step_*.safetensors")),
-                      wall_s=self.session.wall_s())
-
+        return run_result(self.run_dir, s.step, finished, s.last_return, self.session.wall_s())
 
 def train_td3(
     cfg: TD3Config,
@@ -982,15 +1065,15 @@ def train_td3(
     lock = lock_run_dir(run_dir)  # two processes training into one run_dir would corrupt it
     try:
         saved = TD3State.read(run_dir, cfg)
-        compacted = _compacted_run(cfg, run_dir) if saved is None else None
+        compacted = finished_run(cfg, run_dir) if saved is None else None
         if compacted is not None:  # finished, and shipped without its checkpoint: its files are the result
             lock.close()
             return compacted
-        env = _make_env(cfg)
+        env = make_env(cfg)
     except BaseException:
         lock.close()
         raise
-    session = _Session(run_dir / PROVENANCE_FILE)  # this session's clocks start here
+    session = RunSession(run_dir / PROVENANCE_FILE)  # this session's clocks start here
     with torch_threads(cfg.torch_threads):
         try:
             # ---- seeding and state: fresh, or exactly as checkpointed (a lost buffer refilled)
@@ -1009,13 +1092,13 @@ def train_td3(
                 while s.step < stop and not done_early:
                     t.collect()
                     s.step += 1
-                    if s.step > cfg.learning_starts:
+                    if cfg.learns_at(s.step):
                         t.learn()
-                    if s.step % cfg.eval_every == 0 or s.step == cfg.total_steps:
+                    if cfg.evaluates_at(s.step):
                         t.evaluate()
                         done_early = done_when is not None and done_when(t.curve())
                     if s.obs is None and s.step >= s.next_checkpoint:  # at an episode end: no env state to keep
-                        s.next_checkpoint = (s.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                        s.next_checkpoint = cfg.next_checkpoint_after(s.step)
                         t.checkpoint()
                     t.bar.update(1)
                 if t.last_checkpoint != s.step:
@@ -1026,7 +1109,7 @@ def train_td3(
             lock.close()
 
 
-def _make_env(cfg: TD3Config):
+def make_env(cfg: TD3Config):
     """The run's gymnasium env; its action space must be the actor's tanh range."""
     import gymnasium as gym
 
@@ -1038,26 +1121,31 @@ def _make_env(cfg: TD3Config):
     return env
 
 
-def _compacted_run(cfg: TD3Config, run_dir: Path) -> TD3Run | None:
+def finished_run(cfg: TD3Config, run_dir: Path) -> TD3Run | None:
     """A run without a checkpoint: None if it never reached its first one (it starts over, same config or
     error), or, finished and shipped without its optimizer state (:func:`nnae_utils.zoo.compact_finished_run`),
     its result from curve, snapshots and provenance: only extending it would need the checkpoint."""
-    import pandas as pd
-
     prov_path = run_dir / PROVENANCE_FILE
     if not prov_path.is_file():
         return None
     prov = json.loads(prov_path.read_text())
-    _check_same_run(TD3Config.from_dict(prov["config"]), cfg, prov_path)
+    check_same_run(TD3Config.from_dict(prov["config"]), cfg, prov_path)
     if not (prov.get("finished") and (run_dir / CRITIC_FILE).is_file()):
         return None
     if cfg.total_steps > int(prov["step"]) and "done_early" not in prov:
         raise ValueError(f"{run_dir} finished at step {prov['step']} and its checkpoint was dropped: "
                          f"it cannot be extended to total_steps={cfg.total_steps}")
+    return run_result(run_dir, int(prov["step"]), True, None, float(prov["total_wall_s"]))
+
+
+def run_result(run_dir: Path, step: int, finished: bool, final_return: float | None, wall_s: float) -> TD3Run:
+    """What :func:`train_td3` returns for ``run_dir``'s files (``final_return`` None: the curve's last)."""
+    import pandas as pd
+
     curve = pd.read_csv(run_dir / CURVE_FILE)
-    return TD3Run(run_dir=run_dir, step=int(prov["step"]), finished=True, curve=curve,
-                  final_return=float(curve["return_mean"].iloc[-1]),
-                  snapshots=sorted((run_dir / SNAPSHOT_DIR).glob("step_*.safetensors")), wall_s=float(prov["total_wall_s"]))
+    return TD3Run(run_dir=run_dir, step=step, finished=finished, curve=curve,
+                  final_return=float(curve["return_mean"].iloc[-1]) if final_return is None else final_return,
+                  snapshots=sorted((run_dir / SNAPSHOT_DIR).glob("step_*.safetensors")), wall_s=wall_s)
 
 
 def lock_run_dir(run_dir: Path):
@@ -1075,7 +1163,8 @@ def lock_run_dir(run_dir: Path):
     return f
 
 
-def _check_same_run(saved: TD3Config, cfg: TD3Config, where: Path) -> None:
+def check_same_run(saved: TD3Config, cfg: TD3Config, where: Path) -> None:
+    """Raise ValueError unless ``saved`` (a run's config) and ``cfg`` differ only in :data:`RESUMABLE_CHANGES`."""
     a = {k: v for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES}
     b = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
     diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}

@@ -21,6 +21,11 @@ run of its config:
   ``torch.randn(batch, act, generator=gen_i)``, stacked to ``[K, B, act]``;
 - its own selection seeds (``selection_seeds(cfg)``) for the evaluations.
 
+Each member's state is a :class:`~nnae_utils.td3.TD3State` (with its own ``torch_gen``), and it is
+stepped, refilled, evaluated and recorded by train_td3's own pieces (``TD3State.collect`` /
+``refill_buffer`` / ``run_fields``, ``td3.evaluate_run``, ``td3.RunSession``); only the actions and
+the update are stacked.
+
 A member therefore follows the single run of its config: the first update agrees with
 ``train_td3``'s to float rounding (bmm and mm sum in different orders), after which the two drift
 apart as any two float computations of a chaotic system do (``tests/test_td3_ensemble.py``
@@ -59,7 +64,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,28 +73,28 @@ import numpy as np
 import torch
 
 from .backends import torch_threads
-from .io import atomic_write, write_json
-from .provenance import runtime_versions
+from .io import atomic_write
 from .td3 import (
     BUFFER_FILE,
     CHECKPOINT_FILE,
-    CHECKPOINT_VERSION,
     CRITIC_FILE,
-    CURVE_COLUMNS,
     CURVE_FILE,
     PROVENANCE_FILE,
-    RESUMABLE_CHANGES,
-    SNAPSHOT_DIR,
     ReplayBuffer,
+    RunSession,
     TD3Config,
     TD3Learner,
+    TD3State,
     check_env_id,
-    env_state,
-    episode_seed,
+    check_same_run,
+    evaluate_run,
+    finished_run,
+    keep_outputs_up_to,
     lock_run_dir,
-    save_critic,
+    make_env,
+    read_curve,
+    save_final_critic,
     selection_seeds,
-    set_env_state,
 )
 
 TRAINER = "nnae_utils.td3_ensemble"
@@ -322,44 +326,6 @@ def _linears(seq: torch.nn.Module) -> list[torch.nn.Linear]:
 
 
 @dataclass
-class _Member:
-    """One member's run: its env, generators, buffer and counters (what train_td3 keeps in locals)."""
-
-    index: int
-    cfg: TD3Config
-    run_dir: Path
-    shell: TD3Learner
-    env: Any = None
-    rng: np.random.Generator | None = None
-    gen: torch.Generator | None = None
-    buffer: ReplayBuffer | None = None
-    eval_seeds: np.ndarray | None = None
-    lock: Any = None
-    prov: dict[str, Any] = field(default_factory=dict)
-    episode: int = 0
-    obs: np.ndarray | None = None
-    ep_return: float = 0.0
-    ep_len: int = 0
-    update_time: float = 0.0
-    updates_at_eval: int = 0
-    update_time_at_eval: float = 0.0
-    last_return: float = float("nan")
-    core_before: float = 0.0  # CPU charged in earlier sessions
-    core_session: float = 0.0  # CPU charged in this session
-    finished: bool = False
-    done_early: bool = False
-    need_refill: bool = False
-
-    @property
-    def curve_path(self) -> Path:
-        return self.run_dir / CURVE_FILE
-
-    @property
-    def snap_dir(self) -> Path:
-        return self.run_dir / SNAPSHOT_DIR
-
-
-@dataclass
 class EnsembleMemberRun:
     """What :func:`train_td3_ensemble` returns per member."""
 
@@ -398,37 +364,305 @@ def check_ensemble_configs(configs: Sequence[TD3Config]) -> None:
         raise ValueError(f"TD3Ensemble stacks plain ReLU actors only, got actor_activation={configs[0].actor_activation!r}")
 
 
-def _check_resumable(saved: Mapping[str, Any], cfg: TD3Config, where: Path) -> None:
-    a = {k: v for k, v in TD3Config.from_dict(saved).to_dict().items() if k not in RESUMABLE_CHANGES}
-    b = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
-    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-    if diff:
-        detail = ", ".join(f"{k}: run has {x!r}, config has {y!r}" for k, (x, y) in sorted(diff.items()))
-        raise ValueError(f"{where} belongs to a run with a different config ({detail}); use another folder")
+def _check_arguments(configs: list[TD3Config], run_dirs: list[Path], stop_at_step: int | None) -> None:
+    check_ensemble_configs(configs)
+    if len(run_dirs) != len(configs):
+        raise ValueError(f"{len(configs)} configs but {len(run_dirs)} run_dirs")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ValueError("ensemble members need distinct run_dirs")
+    if len({d.resolve().parent for d in run_dirs}) != 1:
+        raise ValueError(f"ensemble members' folders must share one parent (the ensemble's), got {run_dirs}")
+    check_env_id(configs[0].env_id)
+    if stop_at_step is not None and not 0 < stop_at_step:
+        raise ValueError(f"stop_at_step must be > 0, got {stop_at_step}")
 
 
-def _read_curve(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def _read_provenance(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_curve(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    def write(f) -> None:
-        f.write((",".join(CURVE_COLUMNS) + "\n").encode())
-        for row in rows:
-            f.write((",".join(str(row.get(c, "")) for c in CURVE_COLUMNS) + "\n").encode())
+def _read_checkpoint(configs: Sequence[TD3Config], run_dirs: Sequence[Path]) -> dict[str, Any] | None:
+    """The ensemble's checkpoint, or None; an error if it, or a member's folder, belongs to another run."""
+    seeds = [c.seed for c in configs]
+    path = ensemble_checkpoint_path(run_dirs, seeds)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if ckpt is not None:
+        if ckpt.get("version") != ENSEMBLE_CHECKPOINT_VERSION or [int(s) for s in ckpt["seeds"]] != seeds:
+            raise ValueError(f"{path} is not a checkpoint of this ensemble (seeds {seeds})")
+        for c, saved in zip(configs, ckpt["configs"]):
+            check_same_run(TD3Config.from_dict(json.loads(saved)), c, path)
+        if ckpt["step"] > min(c.total_steps for c in configs) and ckpt["active"]:
+            raise ValueError(f"{path} is at step {ckpt['step']}, beyond total_steps={configs[0].total_steps}")
+    for c, d in zip(configs, run_dirs):
+        prov = _read_provenance(d)
+        if prov is None:
+            continue
+        other = prov.get("ensemble")
+        if other is not None and [int(s) for s in other.get("members", [])] != seeds:
+            raise ValueError(f"{d} belongs to another ensemble (members {other.get('members')}), not {seeds}")
+        if other is None and (d / CURVE_FILE).is_file():
+            raise ValueError(f"{d} holds a run not trained by an ensemble; use another folder")
+        if ckpt is not None:
+            check_same_run(TD3Config.from_dict(prov["config"]), c, d / PROVENANCE_FILE)
+    return ckpt
 
-    atomic_write(path, write)
+
+def _finished_without_checkpoint(configs: Sequence[TD3Config], run_dirs: Sequence[Path]) -> list[EnsembleMemberRun] | None:
+    """Without the ensemble's checkpoint: None if no member finished (the ensemble starts over); every
+    member's result if all finished (shipped: :func:`nnae_utils.td3.finished_run`); else an error."""
+    if not any((_read_provenance(d) or {}).get("finished") for d in run_dirs):
+        return None
+    runs = [finished_run(c, d) for c, d in zip(configs, run_dirs)]
+    if any(r is None for r in runs):
+        gone = [r.run_dir for r in runs if r is not None]
+        raise ValueError(f"{gone} finished in this ensemble, and its checkpoint "
+                         f"{ensemble_checkpoint_path(run_dirs, [c.seed for c in configs])} is missing: "
+                         "restore it (the other members resume from it) or use another folder")
+    return [EnsembleMemberRun(run_dir=r.run_dir, seed=c.seed, step=r.step, finished=True,
+                              done_early="done_early" in _read_provenance(r.run_dir), final_return=r.final_return)
+            for c, r in zip(configs, runs)]
 
 
-def _append_curve(path: Path, row: Mapping[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(",".join(str(row[c]) for c in CURVE_COLUMNS) + "\n")
-        f.flush()
+class _MemberSession(RunSession):
+    """A member's provenance and clocks: the ensemble's wall clock, and as CPU seconds its share of
+    the process's (``charged`` by the trainer, which ``charge`` brings up to date)."""
+
+    def __init__(self, path: Path, charge: Callable[[], None]):
+        super().__init__(path)
+        self.charge, self.charged = charge, 0.0
+
+    def session_core_s(self) -> float:
+        self.charge()
+        return self.charged
+
+
+@dataclass
+class _Member:
+    """One member's run: train_td3's :class:`~nnae_utils.td3.TD3State` (its learner the member's export
+    shell: snapshots, critic, checkpoint), env, buffer, provenance and files."""
+
+    cfg: TD3Config
+    run_dir: Path
+    lock: Any
+    state: TD3State | None = None
+    torch_learner: TD3Learner | None = None  # built with the state: its weights start the stack
+    env: Any = None
+    buffer: ReplayBuffer | None = None
+    session: _MemberSession | None = None
+    prov: dict[str, Any] = field(default_factory=dict)
+    eval_seeds: np.ndarray | None = None
+    finished: bool = False
+    done_early: bool = False
+
+
+class _EnsembleTrainer:
+    """The phases of :func:`train_td3_ensemble`'s loop, on the stacked learner and every member's state."""
+
+    def __init__(self, members: list[_Member], ckpt: Mapping[str, Any] | None, ckpt_path: Path):
+        self.members, self.ckpt_path, self.resumed = members, ckpt_path, ckpt is not None
+        self.cfg = members[0].cfg
+        self.seeds = [m.cfg.seed for m in members]
+        self.active: list[int] = list(range(len(members))) if ckpt is None else [int(i) for i in ckpt["active"]]
+        self._step, self.next_checkpoint = 0, self.cfg.checkpoint_every
+        self.last_checkpoint: int | None = None
+        self.refilled, self.bar = False, None
+        self.cpu_mark, self.t0 = time.process_time(), time.perf_counter()
+        for m in members:
+            self._build_member(m)
+        learners = [m.torch_learner for m in members]
+        self.ens = TD3Ensemble([learners[i] for i in self.active]) if self.active else None
+        if ckpt is None:
+            self._start_fresh()
+        else:
+            self._restore(ckpt)
+        for m in members:
+            m.torch_learner = None
+            if not m.finished:
+                self._begin_session(m)
+        self.resumed_at = self.step if self.resumed else None
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        """The ensemble's step is every active member's."""
+        self._step = value
+        for i in self.active:
+            self.members[i].state.step = value
+
+    def _build_member(self, m: _Member) -> None:
+        """Exactly train_td3's fresh draws; the target noise from a generator in the state torch's has here."""
+        m.env = make_env(m.cfg)
+        obs_dim, act_dim = int(np.prod(m.env.observation_space.shape)), int(np.prod(m.env.action_space.shape))
+        m.state = TD3State.fresh(m.cfg, obs_dim, act_dim)
+        m.state.torch_gen = torch.Generator()
+        m.state.torch_gen.set_state(torch.get_rng_state())  # the state train_td3 draws its target noise from
+        m.torch_learner, m.state.learner = m.state.learner, TD3Learner.from_config(m.cfg, obs_dim, act_dim)
+        m.buffer = ReplayBuffer(obs_dim, act_dim, m.cfg.buffer_size)
+        m.eval_seeds = selection_seeds(m.cfg)
+
+    def _start_fresh(self) -> None:
+        """Leftovers of an attempt that never checkpointed removed: it is redone identically."""
+        for m in self.members:
+            for name in (CHECKPOINT_FILE, CRITIC_FILE, BUFFER_FILE, PROVENANCE_FILE):
+                if (m.run_dir / name).exists():
+                    (m.run_dir / name).unlink()
+            keep_outputs_up_to(m.run_dir, None)
+
+    def _restore(self, ckpt: Mapping[str, Any]) -> None:
+        """Every member as checkpointed; one that left the ensemble in an earlier session is left as it is."""
+        self.next_checkpoint, self.t0 = int(ckpt["next_checkpoint"]), time.perf_counter() - float(ckpt["wall_s"])
+        if self.ens is not None:
+            self.ens.load_state_dict(ckpt["ensemble"])
+        for i, m in enumerate(self.members):
+            if i not in self.active:
+                m.finished, m.prov = True, _read_provenance(m.run_dir)
+                m.state.last_return = float(read_curve(m.run_dir / CURVE_FILE)[-1]["return_mean"])
+                continue
+            m.state.load_run_fields(ckpt["members"][i])
+            m.state.wall_s = float(ckpt["wall_s"])
+            m.buffer = m.state.restore_buffer(m.run_dir, m.cfg)  # None: lost, refilled
+            keep_outputs_up_to(m.run_dir, int(ckpt["step"]))  # a member that finished after this checkpoint is redone
+            for name in (CRITIC_FILE, CHECKPOINT_FILE):
+                if (m.run_dir / name).exists():
+                    (m.run_dir / name).unlink()
+        self.step = int(ckpt["step"])
+
+    def _begin_session(self, m: _Member) -> None:
+        m.session = _MemberSession(m.run_dir / PROVENANCE_FILE, self.charge)
+        m.session.begin(m.cfg, m.state, resumed=self.resumed, eval_seeds=m.eval_seeds,
+                        extra={"trainer": TRAINER, "ensemble": {"k": len(self.members), "members": self.seeds}},
+                        session_extra={"ensemble_active": len(self.active)})
+        m.prov = m.session.prov
+        m.prov.pop("done_early", None)
+        if not m.state.resume_episode(m.env, m.cfg):
+            m.prov["episodes_cut_at_steps"].append(self.step)
+
+    def charge(self) -> None:
+        """Share the process CPU since the last charge among the active members."""
+        c = time.process_time()
+        if self.active:
+            share = (c - self.cpu_mark) / len(self.active)
+            for i in self.active:
+                self.members[i].session.charged += share
+        self.cpu_mark = c
+
+    def actor(self, i: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Member i's deterministic action, from its slice of the stacked actor."""
+        r, ens = self.active.index(i), self.ens
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.as_tensor(np.asarray(obs, np.float32)).reshape(1, 1, -1)
+                return ens.actor_forward([p[r:r + 1] for p in ens.actor], x)[0, 0].numpy()
+        return act
+
+    def refill_lost_buffers(self) -> None:
+        """Lost buffers (a new machine): train_td3's refill, with the member's current actor."""
+        for i in self.active:
+            m = self.members[i]
+            if m.buffer is None:
+                m.buffer = m.state.refill_buffer(m.cfg, m.env, m.session, self.actor(i))
+                self.refilled = True
+
+    def collect(self) -> None:
+        """One environment step of every active member (their actors' actions in one stacked call); the step advances."""
+        members = [self.members[i] for i in self.active]
+        for m in members:
+            m.state.begin_episode(m.env, m.cfg)
+        acts = self.ens.act(np.stack([m.state.obs for m in members])) if self.step >= self.cfg.learning_starts else None
+        for r, m in enumerate(members):
+            action = m.state.explore_action(m.cfg, m.env.action_space, lambda _obs, r=r: acts[r])
+            m.state.env_step(m.env, m.buffer, action)
+        self.step += 1
+
+    def learn(self) -> None:
+        """One stacked TD3 update; each member's replay batch and target noise from its own generators."""
+        members, cfg = [self.members[i] for i in self.active], self.cfg
+        tu = time.perf_counter()
+        batches = [m.buffer.sample(cfg.batch_size, m.state.rng) for m in members]
+        stacked = [torch.from_numpy(np.stack([b[f] for b in batches])) for f in range(5)]
+        act_dim = self.ens.spec.act_dim
+        noise = torch.stack([torch.randn(cfg.batch_size, act_dim, generator=m.state.torch_gen) for m in members])
+        self.ens.update(*stacked, noise=noise)
+        share = (time.perf_counter() - tu) / len(members)
+        for m in members:
+            m.state.update_time_s += share
+
+    def evaluate_all(self) -> None:
+        """Every active member's actor on its selection seeds: train_td3's curve row and snapshot."""
+        for i in self.active:
+            m = self.members[i]
+            self.ens.copy_member_into(self.active.index(i), m.state.learner)
+            evaluate_run(m.state, m.cfg, m.run_dir, m.session, m.eval_seeds, TRAINER)
+
+    def leave_done(self, done_when) -> None:
+        """Members done (``done_when`` on their curve, or ``total_steps``) finish and leave; the stack is
+        rebuilt from the others' slices, and a checkpoint written."""
+        done = []
+        for i in self.active:
+            m = self.members[i]
+            m.done_early = done_when is not None and done_when(read_curve(m.run_dir / CURVE_FILE))
+            if m.done_early or self.step >= m.cfg.total_steps:
+                done.append(i)
+        if not done:
+            return
+        for i in done:
+            self.finish_member(i, done_when)
+        keep = [i for i in self.active if i not in done]
+        self.ens = self.ens.subset([self.active.index(i) for i in keep]) if keep else None
+        self.active = keep
+        self.next_checkpoint = max(self.next_checkpoint, self.cfg.next_checkpoint_after(self.step))
+        self.checkpoint()
+
+    def finish_member(self, i: int, done_when) -> None:
+        """Member i is done: train_td3's final files (its checkpoint.pt too)."""
+        m = self.members[i]
+        self.charge()
+        learner_state = self.ens.member_learner_state(self.active.index(i), m.state.learner)
+        m.state.wall_s, m.state.next_checkpoint = time.perf_counter() - self.t0, self.next_checkpoint
+        m.state.save(m.run_dir, m.cfg, m.env, m.buffer, learner_state=learner_state)
+        save_final_critic(m.run_dir, m.cfg, m.state)
+        m.finished = True
+        if m.done_early:
+            m.prov["done_early"] = {"rule": repr(done_when), "step": self.step}
+        self.write_provenance(i)
+
+    def write_provenance(self, i: int) -> None:
+        m = self.members[i]
+        m.state.learner.n_updates = self.ens.n_updates
+        m.session.write(m.state, finished=m.finished)
+
+    def checkpoint(self) -> None:
+        """Every active member's buffer, then the ensemble's checkpoint, then the provenances."""
+        self.last_checkpoint = self.step
+        self.charge()
+        for i in self.active:
+            self.members[i].buffer.save(self.members[i].run_dir / BUFFER_FILE)  # first: never older than the checkpoint
+        members = {i: {**self.members[i].state.run_fields(self.members[i].env, self.members[i].buffer),
+                       "core_session": self.members[i].session.charged} for i in self.active}
+        state = {
+            "version": ENSEMBLE_CHECKPOINT_VERSION, "seeds": self.seeds,
+            "configs": [json.dumps(m.cfg.to_dict(), sort_keys=True) for m in self.members],
+            "active": list(self.active), "step": self.step, "next_checkpoint": self.next_checkpoint,
+            "wall_s": time.perf_counter() - self.t0,
+            "ensemble": self.ens.state_dict() if self.ens is not None else None, "members": members,
+        }
+        atomic_write(self.ckpt_path, lambda f: torch.save(state, f))
+        for i in self.active:
+            self.write_provenance(i)
+
+    def results(self) -> list[EnsembleMemberRun]:
+        """The active members' provenance written as they are now; every member's result."""
+        self.charge()
+        for i in self.active:
+            self.write_provenance(i)
+        return [EnsembleMemberRun(run_dir=m.run_dir, seed=m.cfg.seed, step=int(m.prov.get("step", self.step)),
+                                  finished=m.finished, done_early="done_early" in m.prov,
+                                  final_return=m.state.last_return) for m in self.members]
 
 
 def train_td3_ensemble(
@@ -447,393 +681,55 @@ def train_td3_ensemble(
     finished, once it returns True on the member's curve rows; the others continue. ``stop_at_step``
     stops every member (with a checkpoint) after that many env steps, as if interrupted there.
     """
-    import gymnasium as gym
     from tqdm import tqdm
 
-    from .rollouts import SUPPORTED_ENV_IDS, evaluate
-
-    # ---- loud checks before anything is built
-    configs = list(configs)
-    check_ensemble_configs(configs)
-    run_dirs = [Path(d) for d in run_dirs]
-    if len(run_dirs) != len(configs):
-        raise ValueError(f"{len(configs)} configs but {len(run_dirs)} run_dirs")
-    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
-        raise ValueError("ensemble members need distinct run_dirs")
-    if len({d.resolve().parent for d in run_dirs}) != 1:
-        raise ValueError(f"ensemble members' folders must share one parent (the ensemble's), got {run_dirs}")
-    check_env_id(configs[0].env_id)
-    if stop_at_step is not None and not 0 < stop_at_step:
-        raise ValueError(f"stop_at_step must be > 0, got {stop_at_step}")
-    cfg0 = configs[0]
-    seeds = [c.seed for c in configs]
-    K = len(configs)
-    ens_info = {"k": K, "members": seeds}
-    ckpt_path = ensemble_checkpoint_path(run_dirs, seeds)
-
+    # ---- loud checks, the locks and the checkpoint read, before anything is built
+    configs, run_dirs = list(configs), [Path(d) for d in run_dirs]
+    _check_arguments(configs, run_dirs, stop_at_step)
+    cfg = configs[0]
     members: list[_Member] = []
     try:
-        for d in run_dirs:
+        for c, d in zip(configs, run_dirs):
             d.mkdir(parents=True, exist_ok=True)
-        ckpt = None
-        if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ckpt.get("version") != ENSEMBLE_CHECKPOINT_VERSION or [int(s) for s in ckpt["seeds"]] != seeds:
-                raise ValueError(f"{ckpt_path} is not a checkpoint of this ensemble (seeds {seeds})")
-            for c, saved in zip(configs, ckpt["configs"]):
-                _check_resumable(json.loads(saved), c, ckpt_path)
-        for i, (c, d) in enumerate(zip(configs, run_dirs)):
-            lock = lock_run_dir(d)
-            members.append(_Member(index=i, cfg=c, run_dir=d, shell=None, lock=lock))  # type: ignore[arg-type]
-            prov_path = d / PROVENANCE_FILE
-            if prov_path.is_file():
-                prov = json.loads(prov_path.read_text())
-                other = prov.get("ensemble")
-                if other is not None and [int(s) for s in other.get("members", [])] != seeds:
-                    raise ValueError(f"{d} belongs to another ensemble (members {other.get('members')}), not {seeds}")
-                if other is None and (d / CURVE_FILE).is_file():
-                    raise ValueError(f"{d} holds a run not trained by an ensemble; use another folder")
-                if ckpt is not None:
-                    _check_resumable(prov["config"], c, prov_path)
-        env0 = gym.make(cfg0.env_id)
-        space = env0.action_space
-        if not isinstance(space, gym.spaces.Box) or not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
-            env0.close()
-            raise ValueError(f"{cfg0.env_id}: the actor's tanh output needs a Box action space in [-1, 1], got {space}")
-        obs_dim, act_dim = int(np.prod(env0.observation_space.shape)), int(np.prod(space.shape))
-        env0.close()
-        if ckpt is not None and ckpt["step"] > min(c.total_steps for c in configs) and ckpt["active"]:
-            raise ValueError(f"{ckpt_path} is at step {ckpt['step']}, beyond total_steps={cfg0.total_steps}")
+            members.append(_Member(cfg=c, run_dir=d, lock=lock_run_dir(d)))
+        ckpt = _read_checkpoint(configs, run_dirs)
+        shipped = _finished_without_checkpoint(configs, run_dirs) if ckpt is None else None
     except BaseException:
         for m in members:
             m.lock.close()
         raise
-
-    cpu_mark, t_session = time.process_time(), time.perf_counter()
-    with torch_threads(cfg0.torch_threads):
+    if shipped is not None:  # finished, and shipped without the ensemble's checkpoint: its files are the result
+        for m in members:
+            m.lock.close()
+        return shipped
+    with torch_threads(cfg.torch_threads):
         try:
-            # ---- every member's state, fresh (exactly train_td3's draws) or as checkpointed
-            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            learners = []
-            for m in members:
-                torch.manual_seed(m.cfg.seed)
-                learner = TD3Learner.from_config(m.cfg, obs_dim, act_dim)
-                m.gen = torch.Generator()
-                m.gen.set_state(torch.get_rng_state())  # the state train_td3 draws its target noise from
-                m.rng = np.random.default_rng(m.cfg.seed)
-                m.buffer = ReplayBuffer(obs_dim, act_dim, m.cfg.buffer_size)
-                m.eval_seeds = selection_seeds(m.cfg)
-                m.shell = TD3Learner.from_config(m.cfg, obs_dim, act_dim)  # export target (snapshots, critic)
-                m.env = gym.make(m.cfg.env_id)
-                learners.append(learner)
-            step, next_ckpt = 0, cfg0.checkpoint_every
-            wall_offset = 0.0
-            if ckpt is None:
-                gone = [m.run_dir for m in members if (m.run_dir / PROVENANCE_FILE).is_file()
-                        and json.loads((m.run_dir / PROVENANCE_FILE).read_text()).get("finished")]
-                if gone:
-                    raise ValueError(f"{gone} finished in this ensemble, and its checkpoint {ckpt_path} is missing: "
-                                     "restore it (the other members resume from it) or use another folder")
-                active = list(range(K))
-                ens = TD3Ensemble(learners)
-                for m in members:  # leftovers of an attempt that never checkpointed: redone identically
-                    for name in (CURVE_FILE, CHECKPOINT_FILE, CRITIC_FILE, BUFFER_FILE, PROVENANCE_FILE):
-                        if (m.run_dir / name).exists():
-                            (m.run_dir / name).unlink()
-                    for p in m.snap_dir.glob("step_*.safetensors") if m.snap_dir.is_dir() else []:
-                        p.unlink()
-                    _write_curve(m.curve_path, [])
-            else:
-                step, next_ckpt = int(ckpt["step"]), int(ckpt["next_checkpoint"])
-                wall_offset = float(ckpt["wall_s"])
-                active = [int(i) for i in ckpt["active"]]
-                ens = TD3Ensemble([learners[i] for i in active]) if active else None
-                if ens is not None:
-                    ens.load_state_dict(ckpt["ensemble"])
-                for i, m in enumerate(members):
-                    if i not in active:
-                        m.finished = True
-                        continue
-                    s = ckpt["members"][i]
-                    m.gen.set_state(s["torch_rng"])
-                    m.rng.bit_generator.state = s["numpy_rng"]
-                    m.episode = int(s["episode"])
-                    m.update_time, m.updates_at_eval = float(s["update_time_s"]), int(s["updates_at_eval"])
-                    m.update_time_at_eval, m.last_return = float(s["update_time_at_eval"]), float(s["last_return"])
-                    if s["obs"] is not None:  # mid-episode: continue the very same episode
-                        m.env.reset(seed=episode_seed(m.cfg.seed, m.episode))
-                        set_env_state(m.env, s["env_state"])
-                        m.obs = s["obs"].numpy()
-                        m.ep_return, m.ep_len = float(s["ep_return"]), int(s["ep_len"])
-                    buffer_path = m.run_dir / BUFFER_FILE
-                    want = int(s["buffer_n_added"])
-                    m.need_refill = True
-                    if buffer_path.is_file():
-                        loaded = ReplayBuffer.load(buffer_path)
-                        if loaded.capacity != m.cfg.buffer_size or (loaded.obs_dim, loaded.act_dim) != (obs_dim, act_dim):
-                            raise ValueError(f"{buffer_path} does not match the config (capacity/sizes)")
-                        if loaded.n_added == want:
-                            m.buffer, m.need_refill = loaded, False
-                        elif want < loaded.n_added <= loaded.capacity:  # newer by a crash between the writes
-                            loaded.n_added = loaded.size = loaded.ptr = want
-                            m.buffer, m.need_refill = loaded, False
-                    # a member that finished after this checkpoint is redone identically
-                    rows = [r for r in _read_curve(m.curve_path) if int(r["step"]) <= step]
-                    _write_curve(m.curve_path, rows)
-                    for p in m.snap_dir.glob("step_*.safetensors") if m.snap_dir.is_dir() else []:
-                        if int(p.stem.split("_")[1]) > step:
-                            p.unlink()
-                    for name in (CRITIC_FILE, CHECKPOINT_FILE):
-                        if (m.run_dir / name).exists():
-                            (m.run_dir / name).unlink()
-            del learners
-            for i, m in enumerate(members):
-                if m.finished:  # left the ensemble in an earlier session: nothing of it changes
-                    m.prov = json.loads((m.run_dir / PROVENANCE_FILE).read_text())
-                    m.last_return = float(_read_curve(m.curve_path)[-1]["return_mean"])
-                    continue
-                prov_path = m.run_dir / PROVENANCE_FILE
-                prov = json.loads(prov_path.read_text()) if (ckpt is not None and prov_path.is_file()) else {}
-                prov.setdefault("start_time", now)
-                prov.setdefault("buffer_refilled_at_steps", [])
-                prov.setdefault("episodes_cut_at_steps", [])
-                prov.setdefault("sessions", [])
-                prov.setdefault("core_seconds", 0.0)
-                prov.pop("done_early", None)
-                prov.update(config=m.cfg.to_dict(), versions=runtime_versions(), eval_seeds=m.eval_seeds.tolist(),
-                            finished=False, host=platform.node(), trainer=TRAINER, ensemble=ens_info)
-                m.core_before = sum(float(sess.get("core_seconds", 0.0)) for sess in prov["sessions"])
-                prov["sessions"].append({"start_time": now, "start_step": step, "torch_threads": m.cfg.torch_threads,
-                                         "ensemble_active": len(active)})
-                m.prov = prov
-            t0 = time.perf_counter() - wall_offset
-
-            def charge() -> None:
-                """Share the process CPU since the last charge among the active members."""
-                nonlocal cpu_mark
-                c = time.process_time()
-                if active:
-                    share = (c - cpu_mark) / len(active)
-                    for i in active:
-                        members[i].core_session += share
-                cpu_mark = c
-
-            def row_of(i: int) -> int:
-                return active.index(i)
-
-            def explore_actions(at_step: int) -> list[np.ndarray]:
-                if at_step < cfg0.learning_starts:
-                    return [members[i].rng.uniform(space.low, space.high).astype(np.float32) for i in active]
-                acts = ens.act(np.stack([members[i].obs for i in active]))
-                out = []
-                for r, i in enumerate(active):
-                    a = acts[r] + members[i].rng.normal(0.0, cfg0.exploration_noise, size=act_dim)
-                    out.append(np.clip(a, space.low, space.high).astype(np.float32))
-                return out
-
-            # ---- lost buffers (a new machine): refill with the current actor, no updates, not counted
-            for i in list(active):
-                m = members[i]
-                if not m.need_refill:
-                    continue
-                n_refill = max(cfg0.learning_starts, cfg0.batch_size)
-                r = row_of(i)
-                for _ in range(n_refill):
-                    if m.obs is None:
-                        m.obs, _ = m.env.reset(seed=episode_seed(m.cfg.seed, m.episode))
-                        m.ep_return, m.ep_len = 0.0, 0
-                    if step < cfg0.learning_starts:
-                        action = m.rng.uniform(space.low, space.high).astype(np.float32)
-                    else:
-                        with torch.inference_mode():
-                            x = torch.as_tensor(np.asarray(m.obs, np.float32)).reshape(1, 1, -1)
-                            mu = ens.actor_forward([p[r:r + 1] for p in ens.actor], x)[0, 0].numpy()
-                        a = mu + m.rng.normal(0.0, cfg0.exploration_noise, size=act_dim)
-                        action = np.clip(a, space.low, space.high).astype(np.float32)
-                    next_obs, reward, terminated, truncated, _ = m.env.step(action)
-                    m.buffer.add(m.obs, action, reward, next_obs, terminated)
-                    m.obs, m.ep_return, m.ep_len = next_obs, m.ep_return + float(reward), m.ep_len + 1
-                    if terminated or truncated:
-                        m.episode, m.obs = m.episode + 1, None
-                m.prov["buffer_refilled_at_steps"].append(step)
-                m.prov["buffer_refill_env_steps"] = m.prov.get("buffer_refill_env_steps", 0) + n_refill
-            eval_backend = "batched" if cfg0.env_id in SUPPORTED_ENV_IDS else "gymnasium"
-
-            def evaluate_and_snapshot(i: int) -> None:
-                m = members[i]
-                ens.copy_member_into(row_of(i), m.shell)
-                net = m.shell.actor_network()
-                result = evaluate(net, m.eval_seeds, backend=eval_backend, nthread=m.cfg.torch_threads,
-                                  max_steps=m.cfg.eval_max_steps)
-                returns = np.asarray(result.returns, np.float64).reshape(-1)
-                charge()
-                d_upd, d_time = ens.n_updates - m.updates_at_eval, m.update_time - m.update_time_at_eval
-                row = {
-                    "step": step, "return_mean": round(float(returns.mean()), 6), "return_std": round(float(returns.std()), 6),
-                    "episodes": len(returns), "wall_s": round(time.perf_counter() - t0, 3),
-                    "updates_per_s": round(d_upd / d_time, 3) if d_time > 0 else float("nan"),
-                    "train_episodes": m.episode, "updates": ens.n_updates, "update_time_s": round(m.update_time, 4),
-                    "core_s": round(m.core_before + m.core_session, 3),
-                }
-                net.extra_metadata.update({
-                    "run_seed": str(m.cfg.seed), "step": str(step), "eval_return_mean": repr(float(returns.mean())),
-                    "eval_return_std": repr(float(returns.std())), "eval_seeds": json.dumps(m.eval_seeds.tolist()),
-                    "eval_max_steps": str(m.cfg.eval_max_steps), "trainer": TRAINER,
-                    "td3_config": json.dumps(m.cfg.to_dict(), sort_keys=True),
-                })
-                m.snap_dir.mkdir(parents=True, exist_ok=True)
-                from .policies import save_network
-
-                save_network(m.snap_dir / f"step_{step:07d}.safetensors", net)
-                _append_curve(m.curve_path, row)
-                m.last_return, m.updates_at_eval, m.update_time_at_eval = row["return_mean"], ens.n_updates, m.update_time
-
-            def member_state(i: int) -> dict[str, Any]:
-                m = members[i]
-                mid = m.obs is not None
-                return {
-                    "torch_rng": m.gen.get_state(), "numpy_rng": m.rng.bit_generator.state, "episode": m.episode,
-                    "obs": torch.from_numpy(np.asarray(m.obs, np.float64)) if mid else None,
-                    "env_state": env_state(m.env) if mid else None, "ep_return": m.ep_return, "ep_len": m.ep_len,
-                    "buffer_n_added": m.buffer.n_added, "update_time_s": m.update_time,
-                    "updates_at_eval": m.updates_at_eval, "update_time_at_eval": m.update_time_at_eval,
-                    "last_return": m.last_return, "core_session": m.core_session,
-                }
-
-            def write_provenance(i: int) -> None:
-                m = members[i]
-                end = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                m.prov["sessions"][-1].update(end_time=end, end_step=step, wall_s=round(time.perf_counter() - t_session, 3),
-                                              core_seconds=round(m.core_session, 3))
-                core = sum(float(s.get("core_seconds", 0.0)) for s in m.prov["sessions"])
-                m.prov.update(end_time=end, total_wall_s=round(time.perf_counter() - t0, 3), core_seconds=round(core, 3),
-                              step=step, updates=ens.n_updates if ens is not None else m.prov.get("updates", 0),
-                              train_episodes=m.episode, finished=m.finished)
-                write_json(m.run_dir / PROVENANCE_FILE, m.prov)
-
-            last_ckpt_step = None
-
-            def checkpoint() -> None:
-                nonlocal last_ckpt_step
-                last_ckpt_step = step
-                charge()
-                for i in active:
-                    members[i].buffer.save(members[i].run_dir / BUFFER_FILE)  # first: never older than the checkpoint
-                state = {
-                    "version": ENSEMBLE_CHECKPOINT_VERSION, "seeds": seeds,
-                    "configs": [json.dumps(c.to_dict(), sort_keys=True) for c in configs],
-                    "active": list(active), "step": step, "next_checkpoint": next_ckpt,
-                    "wall_s": time.perf_counter() - t0,
-                    "ensemble": ens.state_dict() if ens is not None else None,
-                    "members": {i: member_state(i) for i in active},
-                }
-                atomic_write(ckpt_path, lambda f: torch.save(state, f))
-                for i in active:
-                    write_provenance(i)
-
-            def finish(i: int) -> None:
-                """Member i is done: train_td3's final files (its checkpoint.pt too), then it leaves."""
-                m = members[i]
-                r = row_of(i)
-                charge()
-                learner_state = ens.member_learner_state(r, m.shell)
-                m.buffer.save(m.run_dir / BUFFER_FILE)
-                mid = m.obs is not None
-                single = {
-                    "version": CHECKPOINT_VERSION, "config": json.dumps(m.cfg.to_dict(), sort_keys=True),
-                    "learner": learner_state, "torch_rng": m.gen.get_state(), "numpy_rng": m.rng.bit_generator.state,
-                    "step": step, "episode": m.episode, "next_checkpoint": next_ckpt,
-                    "obs": torch.from_numpy(np.asarray(m.obs, np.float64)) if mid else None,
-                    "env_state": env_state(m.env) if mid else None, "ep_return": m.ep_return, "ep_len": m.ep_len,
-                    "buffer_n_added": m.buffer.n_added, "wall_s": time.perf_counter() - t0,
-                    "update_time_s": m.update_time, "updates_at_eval": m.updates_at_eval,
-                    "update_time_at_eval": m.update_time_at_eval, "last_return": m.last_return,
-                }
-                atomic_write(m.run_dir / CHECKPOINT_FILE, lambda f: torch.save(single, f))
-                save_critic(m.run_dir / CRITIC_FILE, m.shell.critic, {
-                    "td3_config": json.dumps(m.cfg.to_dict(), sort_keys=True), "step": str(step),
-                    "run_seed": str(m.cfg.seed)})
-                m.finished = True
-                if m.done_early:
-                    m.prov["done_early"] = {"rule": repr(done_when), "step": step}
-                write_provenance(i)
-
-            def leave(done: list[int]) -> None:
-                """Finish members ``done`` and rebuild the stack from the others."""
-                nonlocal ens, active
-                for i in done:
-                    finish(i)
-                keep = [i for i in active if i not in done]
-                ens = ens.subset([active.index(i) for i in keep]) if keep else None
-                active = keep
-
-            def is_done(i: int) -> bool:
-                m = members[i]
-                m.done_early = done_when is not None and done_when(_read_curve(m.curve_path))
-                return m.done_early or step >= m.cfg.total_steps
-
-            # ---- the loop
-            stop = cfg0.total_steps if stop_at_step is None else min(stop_at_step, cfg0.total_steps)
-            bar = tqdm(total=cfg0.total_steps, initial=step, desc=f"TD3 ensemble {seeds}", unit="step",
-                       disable=not progress, mininterval=2.0, dynamic_ncols=True)
-            resumed_at = step if ckpt is not None else None
-            with bar:
-                if step == 0 and ckpt is None:
-                    for i in active:
-                        evaluate_and_snapshot(i)  # the untrained actors: curves start at step 0
-                done = [i for i in active if is_done(i)]
-                if done:
-                    leave(done)
-                    checkpoint()
-                while step < stop and active:
-                    for i in active:
-                        m = members[i]
-                        if m.obs is None:
-                            m.obs, _ = m.env.reset(seed=episode_seed(m.cfg.seed, m.episode))
-                            m.ep_return, m.ep_len = 0.0, 0
-                    actions = explore_actions(step)
-                    ended = []
-                    for a, i in zip(actions, active):
-                        m = members[i]
-                        next_obs, reward, terminated, truncated, _ = m.env.step(a)
-                        m.buffer.add(m.obs, a, reward, next_obs, terminated)  # bootstrap through truncation
-                        m.obs, m.ep_return, m.ep_len = next_obs, m.ep_return + float(reward), m.ep_len + 1
-                        if terminated or truncated:
-                            ended.append(i)
-                    step += 1
-                    if step > cfg0.learning_starts:
-                        tu = time.perf_counter()
-                        batches = [members[i].buffer.sample(cfg0.batch_size, members[i].rng) for i in active]
-                        stacked = [torch.from_numpy(np.stack([b[f] for b in batches])) for f in range(5)]
-                        noise = torch.stack([torch.randn(cfg0.batch_size, act_dim, generator=members[i].gen)
-                                             for i in active])
-                        ens.update(*stacked, noise=noise)
-                        share = (time.perf_counter() - tu) / len(active)
-                        for i in active:
-                            members[i].update_time += share
-                    for i in ended:
-                        members[i].episode, members[i].obs = members[i].episode + 1, None
-                    done = []
-                    if step % cfg0.eval_every == 0 or step == cfg0.total_steps:
-                        for i in active:
-                            evaluate_and_snapshot(i)
-                        done = [i for i in active if is_done(i)]
-                    if done:
-                        leave(done)
-                        next_ckpt = max(next_ckpt, (step // cfg0.checkpoint_every + 1) * cfg0.checkpoint_every)
-                        checkpoint()
-                    elif step >= next_ckpt:
-                        next_ckpt = (step // cfg0.checkpoint_every + 1) * cfg0.checkpoint_every
-                        checkpoint()
-                    bar.update(1)
-                if active and last_ckpt_step != step and (resumed_at != step or any(members[i].need_refill for i in active)):
-                    checkpoint()  # where the caller stopped us
-            charge()
-            for i in active:
-                write_provenance(i)
-            return [EnsembleMemberRun(run_dir=m.run_dir, seed=m.cfg.seed, step=int(m.prov.get("step", step)),
-                                      finished=m.finished, done_early="done_early" in m.prov,
-                                      final_return=m.last_return) for m in members]
+            # ---- every member's state: fresh (exactly train_td3's draws), or as checkpointed (lost buffers refilled)
+            t = _EnsembleTrainer(members, ckpt, ensemble_checkpoint_path(run_dirs, [c.seed for c in configs]))
+            t.refill_lost_buffers()
+            stop = cfg.total_steps if stop_at_step is None else min(stop_at_step, cfg.total_steps)
+            t.bar = tqdm(total=cfg.total_steps, initial=t.step, desc=f"TD3 ensemble {t.seeds}", unit="step",
+                         disable=not progress, mininterval=2.0, dynamic_ncols=True)
+            with t.bar:
+                if t.step == 0 and ckpt is None:
+                    t.evaluate_all()  # the untrained actors: curves start at step 0
+                t.leave_done(done_when)
+                # ---- the loop: one env step and one stacked update of every member, and every so often
+                # evaluations (after which members that are done leave) and a checkpoint
+                while t.step < stop and t.active:
+                    t.collect()  # every member's env step: the ensemble's step advances
+                    if cfg.learns_at(t.step):
+                        t.learn()
+                    if cfg.evaluates_at(t.step):
+                        t.evaluate_all()
+                        t.leave_done(done_when)  # moves next_checkpoint past this step when any left
+                    if t.step >= t.next_checkpoint:  # mid-episode too: every member's env state is kept
+                        t.next_checkpoint = cfg.next_checkpoint_after(t.step)
+                        t.checkpoint()
+                    t.bar.update(1)
+                if t.active and t.last_checkpoint != t.step and (t.resumed_at != t.step or t.refilled):
+                    t.checkpoint()  # where the caller stopped us
+            return t.results()
         finally:
             for m in members:
                 if m.env is not None:

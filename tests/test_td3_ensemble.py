@@ -256,3 +256,28 @@ def test_the_growth_plan_trains_ensemble_groups_in_their_own_folders():
     assert single.parent.name == zoo.settings_digest(ens[0][0])  # the same settings, another folder
     with pytest.raises(ValueError, match="divide"):
         dataclasses.replace(plan, groups={"bad": {"critic_hidden": [8], "ensemble": 3, "seeds": [1, 2]}}).group("bad")
+
+
+def test_a_shipped_ensemble_is_its_files_and_a_half_finished_one_needs_its_checkpoint(straight, tmp_path):
+    """Without the ensemble's checkpoint (compacted: zoo.compact_finished_run drops each member's
+    checkpoint and buffer): all members finished, their files are the result (td3.finished_run, as for
+    a single run), nothing is trained; one member finished and another not, the checkpoint is needed."""
+    root, runs = straight
+    shutil.copytree(root / "ens", tmp_path / "ens")
+    ensemble_checkpoint_path(dirs(tmp_path), SEEDS).unlink()
+    for d in dirs(tmp_path):
+        (d / "checkpoint.pt").unlink()
+        (d / "buffer.npz").unlink()
+    before = [(d / "curve.csv").read_text() for d in dirs(tmp_path)]
+    shipped = train_td3_ensemble(configs(), dirs(tmp_path), progress=False)
+    assert [(r.step, r.finished, r.done_early, r.final_return) for r in shipped] == [
+        (r.step, r.finished, r.done_early, r.final_return) for r in runs]
+    assert [(d / "curve.csv").read_text() for d in dirs(tmp_path)] == before
+    assert not any((d / "checkpoint.pt").exists() for d in dirs(tmp_path))
+    # a member left at step 600, the other stopped at 700: the ensemble's checkpoint is the others' state
+    at_600 = [float(pd.read_csv(d / "curve.csv").set_index("step").loc[600, "return_mean"]) for d in dirs(root)]
+    rule = _LeaveRule(max(at_600))
+    train_td3_ensemble(configs(), dirs(tmp_path / "half"), done_when=rule, stop_at_step=700, progress=False)
+    ensemble_checkpoint_path(dirs(tmp_path / "half"), SEEDS).unlink()
+    with pytest.raises(ValueError, match="checkpoint .* is missing"):
+        train_td3_ensemble(configs(), dirs(tmp_path / "half"), done_when=rule, progress=False)
