@@ -37,6 +37,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="default", help="profile whose stage-2 parameters are used")
     parser.add_argument("--options", nargs="+", default=list(ae.SYMMETRIES))
     parser.add_argument("--out", type=Path, default=RESULTS / "symmetry_options_default.csv")
+    parser.add_argument("--equivariant", action="store_true",
+                        help="also the equivariant form's autoencoders (networks as given, no symmetry option), at main_ratio")
+    parser.add_argument("--equivariant-hidden", type=int, default=32, help="its channels (per weight entry)")
     args = parser.parse_args(argv)
     P = resolve_params(load_profile(args.profile), {}, args.run_dir)["layer_autoencoders"]
     torch.set_num_threads(P.torch_threads)
@@ -71,13 +74,24 @@ def main(argv=None) -> None:
     runs = ae.train_symmetry_options(args.options, configs, {**nets, "holdout": held}, pools, reference,
                                      eval_states=P.eval_states, seed=P.seed, save_dir=args.run_dir / "_work" / "symmetry_options",
                                      jobs=P.jobs, torch_threads=P.torch_threads, progress=False, groups=groups)
-    table = pd.DataFrame([row for run in runs.values() for row in run.rows()])
+    rows = [row for run in runs.values() for row in run.rows()]
+    if args.equivariant:
+        spec = Z.networks[0].spec
+        eq = [ae.LayerAEConfig(layer=layer, form="equivariant", hidden=args.equivariant_hidden,
+                               latent=ae.latent_for_ratio(spec, layer, "equivariant", P.main_ratio)[0], **train_kwargs)
+              for layer in range(spec.n_layers)]
+        eq_run = ae.train_symmetry_options(["none"], eq, {**nets, "holdout": held}, pools, reference, eval_states=P.eval_states,
+                                           seed=P.seed, save_dir=args.run_dir / "_work" / "symmetry_options", jobs=P.jobs,
+                                           torch_threads=P.torch_threads, progress=False)["none"]
+        rows += [{**row, "symmetry": "none (equivariant form)"} for row in eq_run.rows()]
+    table = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
     print("training seconds per option (sum of its 6 models):")
     print(table.groupby("symmetry", sort=False)["wall_seconds"].sum().round(0).to_string())
-    order = pd.MultiIndex.from_product([args.options, ae.FORMS])
+    order = pd.MultiIndex.from_product([args.options, ae.FORMS]).append(
+        pd.MultiIndex.from_tuples([("none (equivariant form)", "equivariant")] if args.equivariant else []))
     for col in ("val_over_mean_layer", "holdout_over_mean_layer", "val_functional", "train_functional"):
         if col in table:
             print(col)

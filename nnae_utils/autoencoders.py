@@ -5,7 +5,7 @@ layer's weights and biases only; every other layer of the network stays as it wa
 with a *functional* loss: the distance between the actions of the input network and the actions
 of the same network with layer ``i`` replaced by its decoded version, on a batch of states.
 
-Two encoder forms are implemented, behind one interface:
+Two encoder forms are trained by stage 2, behind one interface, and a third is available:
 
 ``flat`` (the paper's form)
     the layer flattened into one vector ``concat(W.ravel(), b)`` of ``out * (in + 1)`` numbers, an
@@ -17,7 +17,12 @@ Two encoder forms are implemented, behind one interface:
     the layer's width, and every network gives ``out`` training examples. Its compression ratio is
     ``(in + 1) / k``, so it can never pass ``in + 1``: 12x on a Hopper network's first layer.
 
-A per-layer PCA (:class:`PCALayerCode`) is the linear baseline with the same interface.
+``equivariant`` (DWSNets / neural-functional style, :class:`EquivariantCodec`; not trained by the stage)
+    one code vector per hidden unit, on each side of the layer whose units are hidden, from
+    permutation-equivariant mixing of the weight matrix's entries, decoded by ``W[r, c] = f(u_r, v_c)``:
+    permuting a network's hidden units permutes its code alike and its decoded layer alike.
+
+A per-layer PCA (:class:`PCALayerCode`) is the linear baseline with the same interface (flat and token).
 
 The functional loss, for ``P`` networks at once (stacked tensors, batched matmuls)::
 
@@ -82,7 +87,10 @@ from .policies import Network, NetworkSpec, stack_params
 from .stages import LayerAEParams
 
 FORMS = ("flat", "token")
-"""Encoder forms: the paper's flattened layer, or one token per output neuron."""
+"""Encoder forms stage 2 trains everywhere: the paper's flattened layer, or one token per output neuron."""
+AE_FORMS = FORMS + ("equivariant",)
+"""Every form a layer autoencoder can take: also ``equivariant`` (:class:`EquivariantCodec`), which PCA does
+not have and the stage does not train (``benchmarks/symmetry_options.py --forms`` measures it)."""
 LOSSES = ("functional", "weights", "both", "dagger")
 """Training losses: the paper's functional loss; weight reconstruction (normalised MSE) only; their
 sum; the functional loss on dataset states mixed with states the decoded networks visit (DAgger-style)."""
@@ -93,14 +101,11 @@ parameters): ``none``; ``align`` (:func:`align_hidden_units` to a reference, net
 permutation of every train network in every minibatch, :func:`random_hidden_permutations`); ``canonical``
 (:func:`canonical_form`).
 
-Not among them (yet): an encoder equivariant by construction. The ``token`` form is half of one: like
-SANE's neuron tokens, one shared encoder and decoder per output unit make its code equivariant to the
-order of the layer's *output* units (permute them and the codes permute alike, and it decodes into the
-input's own order), but a token's coordinates are the layer's inputs, so on layers 1 and 2 it still sees
-the previous layer's run-specific order. Equivariance on both sides is what DWSNets and neural
-functionals build (entry, row-, column- and global-pooled terms of each weight matrix); a compressive
-version needs per-unit codes on both sides (a factorised decoder ``W[r, c] = f(u_r, v_c)``), since an
-invariant code cannot decode back into a held-out network's own order without aligning it first."""
+An encoder equivariant by construction is a form, not an option: ``equivariant`` (:class:`EquivariantCodec`,
+a DWSNets / neural-functional design). The ``token`` form is half of one: like SANE's neuron tokens, one
+shared encoder and decoder per output unit make its code equivariant to the order of the layer's
+*output* units, but a token's coordinates are the layer's inputs, so on layers 1 and 2 it still sees the
+previous layer's run-specific order."""
 AE_FORMAT = "nnae-layer-autoencoder"
 PCA_FORMAT = "nnae-layer-pca"
 FORMAT_VERSION = "1"
@@ -158,18 +163,28 @@ def latent_for_ratio(spec: NetworkSpec, layer: int, form: str, ratio: float) -> 
         >>> latent_for_ratio(spec, 0, "token", 32)   # 11 inputs + a bias per token: 12x at most
         (1, 12.0)
     """
-    _check_form(form)
+    _check_form(form, AE_FORMS)
     n_out, n_in = layer_shape(spec, layer)
     if ratio < 1:
         raise ValueError(f"a compression ratio is >= 1, got {ratio}")
+    if form == "equivariant":  # k numbers per hidden unit on each side
+        rows, cols = _hidden_sides(spec, layer)
+        n_units = (n_out if rows else 0) + (n_in if cols else 0)
+        k = max(1, int(math.floor(n_out * (n_in + 1) / (ratio * n_units))))
+        return k, n_out * (n_in + 1) / (k * n_units)
     unit = n_out * (n_in + 1) if form == "flat" else n_in + 1
     k = max(1, int(math.floor(unit / ratio)))
     return k, unit / k
 
 
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+def _check_form(form: str, allowed: tuple[str, ...] = FORMS) -> None:
+    if form not in allowed:
+        raise ValueError(f"form must be one of {allowed}, got {form!r}")
+
+
+def _hidden_sides(spec: NetworkSpec, layer: int) -> tuple[bool, bool]:
+    """Whether layer ``layer``'s outputs (rows) and inputs (columns) are hidden units."""
+    return layer < spec.n_layers - 1, layer > 0
 
 
 # --------------------------------------------------------------------------- stacked networks in torch
@@ -382,7 +397,7 @@ class LayerAEConfig:
     network is brought to the same form before it is encoded."""
 
     def __post_init__(self) -> None:
-        _check_form(self.form)
+        _check_form(self.form, AE_FORMS)
         if self.symmetry not in SYMMETRIES:
             raise ValueError(f"symmetry must be one of {SYMMETRIES}, got {self.symmetry!r}")
         if self.loss not in LOSSES:
@@ -489,10 +504,14 @@ class LayerAutoencoder(nn.Module):
         super().__init__()
         self.config, self.spec, self.layer, self.form = config, spec, config.layer, config.form
         self.n_out, self.n_in = layer_shape(spec, config.layer)
-        unit = self.n_out * (self.n_in + 1) if self.form == "flat" else self.n_in + 1
         hidden = max(config.hidden, config.latent)
-        self.encoder = _mlp(unit, hidden, config.latent)
-        self.decoder = _mlp(config.latent, hidden, unit)
+        if self.form == "equivariant":  # one mean for the weights, one for the biases
+            unit = 2
+            self.codec = EquivariantCodec(self.n_out, self.n_in, *_hidden_sides(spec, config.layer), config.latent, hidden)
+        else:
+            unit = self.n_out * (self.n_in + 1) if self.form == "flat" else self.n_in + 1
+            self.encoder = _mlp(unit, hidden, config.latent)
+            self.decoder = _mlp(config.latent, hidden, unit)
         self.register_buffer("norm_mean", mean.reshape(unit).float().clone())
         self.register_buffer("norm_std", std.reshape(()).float().clone())
 
@@ -512,6 +531,8 @@ class LayerAutoencoder(nn.Module):
     @property
     def latent_dim(self) -> int:
         """Numbers in one network's latent code of this layer."""
+        if self.form == "equivariant":
+            return self.config.latent * self.codec.n_units
         return self.config.latent * (self.n_out if self.form == "token" else 1)
 
     @property
@@ -527,11 +548,16 @@ class LayerAutoencoder(nn.Module):
 
     def encode_t(self, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(P, out, in), (P, out) -> (P, latent_dim)."""
+        if self.form == "equivariant":
+            return self.codec.encode((weight - self.norm_mean[0]) / self.norm_std, (bias - self.norm_mean[1]) / self.norm_std)
         z = self.encoder((self._units(weight, bias) - self.norm_mean) / self.norm_std)
         return z.flatten(1)
 
     def decode_t(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, latent_dim) -> weight (P, out, in), bias (P, out)."""
+        if self.form == "equivariant":
+            w, b = self.codec.decode(z)
+            return w * self.norm_std + self.norm_mean[0], b * self.norm_std + self.norm_mean[1]
         if self.form == "token":
             z = z.reshape(z.shape[0], self.n_out, self.config.latent)
         units = self.decoder(z) * self.norm_std + self.norm_mean
@@ -566,10 +592,86 @@ class LayerAutoencoder(nn.Module):
         return f"layer={self.layer}, form={self.form}, latent_dim={self.latent_dim}, ratio={self.compression_ratio:.1f}"
 
 
+class EquivariantCodec(nn.Module):
+    """The ``equivariant`` form's encoder and decoder: a layer code that follows its hidden units by construction.
+
+    Design (DWSNets / neural functionals, for one weight matrix): every entry ``W[r, c]`` gets the features
+    ``(W[r, c], b[r], mean_c W[r, :], mean_r W[:, c], mean W)``, the terms a linear layer equivariant to
+    permutations of rows and columns can combine (Navon et al.'s DWS layer, Zhou et al.'s NP layer); two
+    pointwise MLPs, the second also given the row and column means of the first's output, map them to
+    ``hidden`` channels. The code is one ``k``-vector per hidden unit on each side whose units are hidden
+    (rows of layers 0 and 1, columns of layers 1 and 2): the mean over that unit's entries, mapped to ``k``.
+    The decoder is equivariant too: ``W[r, c] = f(u_r, v_c)`` and ``b[r] = g(u_r, mean_c v_c)``. Sides whose
+    order is fixed (observations, actions) carry a learned embedding instead, so those units keep their
+    identity. Why this design: permute a network's hidden units and its code permutes alike, and it
+    decodes into the network's own order, so a held-out run needs no alignment; an invariant code (pooled
+    over units, SANE and hyper-representation style) cannot put a decoded layer back into a network whose
+    other layers keep their own order. Its reach is bounded like the token form's: layer 2 (3 actions x 64
+    inputs) cannot pass ``n_params / in`` = 3x.
+    """
+
+    def __init__(self, n_out: int, n_in: int, rows_hidden: bool, cols_hidden: bool, k: int, hidden: int, embed: int = 4):
+        super().__init__()
+        self.n_out, self.n_in, self.rows_hidden, self.cols_hidden, self.k = n_out, n_in, rows_hidden, cols_hidden, k
+        self.row_embed = None if rows_hidden else nn.Parameter(torch.randn(n_out, embed) * 0.1)
+        self.col_embed = None if cols_hidden else nn.Parameter(torch.randn(n_in, embed) * 0.1)
+        n_feat = 5 + (0 if rows_hidden else embed) + (0 if cols_hidden else embed)
+        self.mix1 = _mlp(n_feat, hidden, hidden)
+        self.mix2 = _mlp(3 * hidden, hidden, hidden)
+        self.to_u = nn.Linear(hidden, k) if rows_hidden else None
+        self.to_v = nn.Linear(hidden, k) if cols_hidden else None
+        self.row_code = None if rows_hidden else nn.Parameter(torch.randn(n_out, k) * 0.1)
+        self.col_code = None if cols_hidden else nn.Parameter(torch.randn(n_in, k) * 0.1)
+        self.dec_w = _mlp(2 * k, hidden, 1)
+        self.dec_b = _mlp(2 * k, hidden, 1)
+
+    @property
+    def n_units(self) -> int:
+        return (self.n_out if self.rows_hidden else 0) + (self.n_in if self.cols_hidden else 0)
+
+    def encode(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Normalised (P, out, in), (P, out) -> (P, n_units * k): row codes, then column codes."""
+        p, o, i = w.shape
+        feats = [w, b[:, :, None].expand(p, o, i), w.mean(2, keepdim=True).expand(p, o, i),
+                 w.mean(1, keepdim=True).expand(p, o, i), w.mean((1, 2), keepdim=True).expand(p, o, i)]
+        x = torch.stack(feats, -1)
+        if self.row_embed is not None:
+            x = torch.cat([x, self.row_embed[None, :, None, :].expand(p, o, i, -1)], -1)
+        if self.col_embed is not None:
+            x = torch.cat([x, self.col_embed[None, None, :, :].expand(p, o, i, -1)], -1)
+        h = self.mix1(x)
+        h = self.mix2(torch.cat([h, h.mean(2, keepdim=True).expand_as(h), h.mean(1, keepdim=True).expand_as(h)], -1))
+        codes = []
+        if self.to_u is not None:
+            codes.append(self.to_u(h.mean(2)).flatten(1))
+        if self.to_v is not None:
+            codes.append(self.to_v(h.mean(1)).flatten(1))
+        return torch.cat(codes, 1)
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, n_units * k) -> normalised weight (P, out, in), bias (P, out)."""
+        p, o, i, k = z.shape[0], self.n_out, self.n_in, self.k
+        at = 0
+        if self.rows_hidden:
+            u, at = z[:, : o * k].reshape(p, o, k), o * k
+        else:
+            u = self.row_code[None].expand(p, o, k)
+        v = z[:, at:].reshape(p, i, k) if self.cols_hidden else self.col_code[None].expand(p, i, k)
+        pairs = torch.cat([u[:, :, None, :].expand(p, o, i, k), v[:, None, :, :].expand(p, o, i, k)], -1)
+        w = self.dec_w(pairs).squeeze(-1)
+        b = self.dec_b(torch.cat([u, v.mean(1, keepdim=True).expand(p, o, k)], -1)).squeeze(-1)
+        return w, b
+
+
 def fit_normalisation(train: StackedNetworks, layer: int, form: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate mean and one per-layer std of the train networks' layer (flat vectors or tokens)."""
-    _check_form(form)
+    """Per-coordinate mean and one per-layer std of the train networks' layer (flat vectors or tokens; the
+    equivariant form: one mean of the weights and one of the biases, which no unit order changes)."""
+    _check_form(form, AE_FORMS)
     w, b = train.layer(layer)
+    if form == "equivariant":
+        mean = torch.stack([w.mean(), b.mean()])
+        dev = torch.cat([(w - mean[0]).flatten(), (b - mean[1]).flatten()])
+        return mean, dev.pow(2).mean().sqrt().clamp_min(1e-8)
     units = torch.cat([w.flatten(1), b], 1) if form == "flat" else torch.cat([w, b.unsqueeze(-1)], -1).flatten(0, 1)
     mean = units.mean(0)
     std = (units - mean).std(unbiased=False).clamp_min(1e-8)

@@ -494,6 +494,35 @@ def test_runs_are_aligned_with_one_permutation_each_and_keep_their_function():
         ae.align_groups(nets, nets[0], runs[:-1])
 
 
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_the_equivariant_form_follows_the_hidden_units_and_trains(tmp_path, data, zoo, layer):
+    k, ratio = ae.latent_for_ratio(SPEC, layer, "equivariant", 4.0)
+    out, inp = ae.layer_shape(SPEC, layer)
+    units = (out if layer < 2 else 0) + (inp if layer > 0 else 0)
+    assert ratio == pytest.approx(out * (inp + 1) / (k * units))
+    cfg = tiny_config(layer=layer, form="equivariant", latent=k, hidden=16, max_epochs=2)
+    model = ae.train_layer_autoencoder(cfg, *data).model
+    assert model.latent_dim == k * units and model.compression_ratio == pytest.approx(ratio)
+    rng = np.random.default_rng(layer)
+    perms = [rng.permutation(h) for h in SPEC.hidden]
+    moved = [ae.permute_hidden_units(n, perms) for n in zoo[:4]]
+    w, b = model.decode(model.encode(zoo[:4]))
+    w_moved, b_moved = model.decode(model.encode(moved))
+    if layer < 2:  # its outputs are hidden units: the decoded rows move with them
+        w, b = w[:, perms[layer]], b[:, perms[layer]]
+    if layer > 0:  # its inputs are hidden units: the decoded columns move with them
+        w = w[:, :, perms[layer - 1]]
+    np.testing.assert_allclose(w_moved, w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b_moved, b, rtol=1e-4, atol=1e-5)
+    x = states(16)  # so a permuted network decodes to the same function as the original
+    np.testing.assert_allclose(ae.decode_network(moved[0], model).act(x), ae.decode_network(zoo[0], model).act(x),
+                               rtol=1e-4, atol=1e-5)
+    path = ae.save_layer_autoencoder(tmp_path / "eq.safetensors", model)
+    np.testing.assert_allclose(ae.load_layer_autoencoder(path).encode(zoo[:2]), model.encode(zoo[:2]), rtol=1e-6)
+    with pytest.raises(ValueError, match="form must be one of"):
+        ae.PCALayerCode.fit(zoo, layer, "equivariant", 2)
+
+
 def test_rescaling_is_refused_where_it_would_change_the_function():
     net = synthetic_zoo(SPECS[1], runs=1, per_run=1)[0]  # elu with LayerNorm
     with pytest.raises(ValueError, match="ReLU units without LayerNorm"):
