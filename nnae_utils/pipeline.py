@@ -335,6 +335,7 @@ PLANNED_STAGES = {
     3: "Decoded networks deployed in Hopper",
     4: "Evolution in the latent space",
     5: "Latent evolution inside CERL",
+    6: "The paper's Figure 3, claim by claim",
 }
 """The suite's stages by number (ARCHITECTURE.md). The landing page names each of them: with its
 findings when this run computed it, and saying so when it did not run or does not exist yet."""

@@ -459,3 +459,40 @@ def champion_sources(shares: pd.DataFrame):
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="champion from")
     fig.tight_layout()
     return fig
+
+
+def paper_figure3(history: pd.DataFrame, scores: pd.DataFrame, log: bool = True):
+    """The paper's Figure 3 from this run: (a) train and (b) unseen networks' functional loss per epoch, one
+    colour per layer autoencoder (solid: split by run, dashed: by network); (d) decoded and (e) input
+    returns of the unseen networks per compressed layer, bars with 95% bootstrap CIs, one colour per split.
+
+    ``history``: epoch, layer, train, by run, by network (:func:`nnae_utils.figure3.loss_history`);
+    ``scores``: protocol, layers, input_return, decoded_return (:func:`nnae_utils.figure3.score_frame`).
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.2))
+    layers = sorted(history["layer"].unique())
+    colors = dict(zip(layers, sns.color_palette("deep", len(layers))))
+    for layer, g in history.groupby("layer"):
+        axes[0, 0].plot(g["epoch"], g["train"], color=colors[layer], lw=1.5, label=f"layer {layer}")
+        axes[0, 1].plot(g["epoch"], g["by run"], color=colors[layer], lw=1.5, label=f"layer {layer}, by run")
+        if g["by network"].notna().any():
+            axes[0, 1].plot(g["epoch"], g["by network"], color=colors[layer], lw=1.5, ls="--", label=f"layer {layer}, by network")
+    axes[0, 0].set(title="(a) train loss", xlabel="epoch", ylabel="functional loss")
+    axes[0, 1].set(title="(b) validation loss (unseen networks)", xlabel="epoch", ylabel="")
+    axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if log:
+        for ax in axes[0]:
+            ax.set_yscale("log")
+    order = _layer_order(scores["layers"])
+    protocols = [p for p in ("by run", "by network") if p in set(scores["protocol"])]
+    palette = dict(zip(("by run", "by network"), sns.color_palette("deep", 5)[3:5]))
+    for ax, column, title in [(axes[1, 0], "decoded_return", "(d) decoded networks' score"),
+                              (axes[1, 1], "input_return", "(e) input networks' score")]:
+        sns.barplot(data=scores, x="layers", y=column, hue="protocol", hue_order=protocols, order=order, palette=palette,
+                    errorbar=("ci", 95), n_boot=500, seed=0, capsize=0.1, ax=ax, legend=ax is axes[1, 1])
+        ax.set(title=title, xlabel="compressed layer", ylabel="return" if ax is axes[1, 0] else "")
+    axes[1, 1].sharey(axes[1, 0])
+    if axes[1, 1].get_legend() is not None:
+        sns.move_legend(axes[1, 1], "upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="split")
+    fig.tight_layout()
+    return fig

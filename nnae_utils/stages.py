@@ -724,6 +724,23 @@ class CERLParams(StageParams):
 
 
 @dataclass(frozen=True)
+class PaperFigure3Params(StageParams):
+    """Stage 6: the paper's Figure 3 from stages 2 and 3's artifacts, beside each of its claims, with verdicts."""
+
+    STAGE: typing.ClassVar[str] = "paper_figure3"
+
+    form: str = "flat"
+    """Autoencoder form whose losses and decoded scores are drawn and judged: flat (the paper's) or token."""
+    n_boot: int = 2000
+    """Bootstrap replicates of each retention interval of the held-out train-run networks (split by network)."""
+
+    def validate(self) -> None:
+        self._positive("n_boot")
+        if self.form not in ("flat", "token"):
+            raise ParameterError(f"paper_figure3: form must be flat or token, got {self.form!r}")
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     """Short name used on the command line (``--only data``)."""
@@ -743,6 +760,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("decoded_evaluation", "03_decoded_evaluation", DecodedEvalParams, upstream=("data", "layer_autoencoders")),
     Stage("latent_evolution", "04_latent_evolution", LatentEvolutionParams, upstream=("data", "layer_autoencoders")),
     Stage("cerl_comparison", "05_cerl_comparison", CERLParams, upstream=("data", "layer_autoencoders", "latent_evolution")),
+    Stage("paper_figure3", "06_paper_figure3", PaperFigure3Params, upstream=("layer_autoencoders", "decoded_evaluation")),
 )
 STAGES_BY_NAME = {s.name: s for s in STAGES}
 
