@@ -832,7 +832,7 @@ class TD3State:
         """Uniform in the action space during warm-up; then ``actor(obs)`` plus clipped Gaussian noise."""
         if self.step < cfg.learning_starts:
             return self.rng.uniform(space.low, space.high).astype(np.float32)
-        a = actor(self.obs) + self.rng.normal(0.0, cfg.exploration_noise, size=int(np.prod(space.shape)))
+        a = actor(self.obs) + self.rng.normal(0.0, cfg.exploration_noise, size=space.shape)
         return np.clip(a, space.low, space.high).astype(np.float32)
 
     def env_step(self, env, buffer: ReplayBuffer, action: np.ndarray) -> None:
