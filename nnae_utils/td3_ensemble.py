@@ -109,7 +109,7 @@ class TD3Ensemble:
 
     Actor layer j: weight ``[K, out, in]``, bias ``[K, out]``. Critic layer j: ``[2K, out, in]``,
     rows ``0..K-1`` the members' Q1, ``K..2K-1`` their Q2 (so Q1 alone is the slice ``[:K]``).
-    Built from K ``TD3Learner``s (their weights copied; they are not used afterwards). Adam is
+    Built from K ``TD3Learner`` objects (their weights copied; they are not used afterwards). Adam is
     elementwise, so one Adam over the stacked tensors is K independent Adams; each member's loss
     depends only on its own slice, so the gradient of the summed loss is each member's own.
     """
