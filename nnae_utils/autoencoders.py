@@ -1027,8 +1027,9 @@ def symmetry_rows(option: str, results: Sequence["TrainResult"], train: "LayerDa
     option's own train networks: aligned or canonical ones move it; augment's train networks come under
     every permutation, so its mean layer is averaged over hidden units too (``mean_layer_loss(...,
     over_units=True)``), the layer an augmented autoencoder that ignores its input decodes to (measured on
-    the shipped zoo's layer 1: both forms' validation loss equal to it, 1.353). A ratio near 1 means the
-    code carries no more about a held-out run's layer than the mean layer does.
+    the shipped zoo's layer 1: both forms' validation loss equal to it, 1.353). The equivariant form's too:
+    an equivariant decoder that ignores its code can only output a layer whose units are all alike. A
+    ratio near 1 means the code carries no more about a held-out run's layer than the mean layer does.
 
     With ``holdout`` (held-out snapshots of the train runs), the same for them: the split *by network*
     (unseen networks of seen runs, the paper's likely protocol) beside the split *by run*. Those networks
@@ -1037,7 +1038,7 @@ def symmetry_rows(option: str, results: Sequence["TrainResult"], train: "LayerDa
     rows = []
     for res in results:
         cfg, best = res.model.config, res.best
-        over_units = option == "augment"
+        over_units = option == "augment" or cfg.form == "equivariant"  # what a code-free output of either looks like
         mean = mean_layer_loss(train, val, cfg.layer, over_units=over_units)
         row = {"symmetry": option, "layer": cfg.layer, "form": cfg.form, "latent_dim": res.model.latent_dim,
                "train_functional": best["train_functional"], "val_functional": best["val_functional"],
