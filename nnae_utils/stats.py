@@ -27,7 +27,8 @@ interval that merely covers zero: it is claimed only by an **equivalence test** 
 tests, TOST: the ``1 - 2 alpha`` percentile interval inside ``(-margin, +margin)``, with a margin
 declared before looking), Holm-adjusted as its own family. Each comparison ends in one word
 (:func:`verdict`): ``better``, ``worse``, ``equivalent`` or ``inconclusive``. Every bootstrap
-resamples runs (seeds), never episodes or snapshots of one run.
+resamples runs (seeds), never episodes or snapshots of one run; where each run has several
+scores (snapshots), :func:`hierarchical_interval` resamples runs, then the scores within each.
 
 A caveat that the error rate is only as good as the bootstrap: with few runs the percentile
 bootstrap is too narrow. Five paired runs whose differences all share a sign give every replicate
@@ -167,6 +168,55 @@ def interval(scores, statistic: str | Statistic = "iqm", *, n_boot: int = 2000, 
     idx = stratified_resample_indices(x.shape[0], x.shape[1], n_boot, rng)
     replicates = stat(_resample(x, idx), axis=1)
     return _percentile_interval(float(stat(x.ravel())), replicates, confidence)
+
+
+def hierarchical_interval(groups: Sequence[Sequence[float]], statistic: str | Statistic = "mean", *, n_boot: int = 2000,
+                          confidence: float = 0.95, seed: int = 0) -> Interval:
+    """A two-level bootstrap: resample the groups with replacement, then the members within each drawn group.
+
+    For scores that come in groups which are not independent inside (snapshots of one training run,
+    episodes of one network), the runs are the units of replication: each replicate draws as many
+    groups as there are, with replacement, then within every drawn group as many members as it has,
+    with replacement; each drawn group is summarised by the mean of its drawn members (every group
+    weighs the same, whatever its size), and ``statistic`` is taken over those group means. The
+    point estimate is ``statistic`` of the groups' own means. A one-level bootstrap over the pooled
+    members treats the members of a group as independent and gives intervals that are too narrow
+    when groups differ.
+
+    One random stream: the group draws come first (none with one group), then the member draws,
+    so with one group the interval is :func:`interval` of the members with ``"mean"``, and with
+    identical members inside every group it is :func:`interval` of the group means (same seed).
+
+    Args:
+        groups: one sequence of scores per group (sizes may differ; none empty).
+        statistic: over group means: "iqm", "mean", "median" or a callable ``f(array, axis=...)``.
+        n_boot, confidence, seed: as :func:`interval`.
+
+    Example:
+        >>> ci = hierarchical_interval([[1.0, 1.2], [2.0, 2.2, 2.4], [3.0]], "mean", n_boot=500)
+        >>> round(ci.point, 2), ci.low <= ci.point <= ci.high
+        (2.1, True)
+        >>> hierarchical_interval([[5.0, 5.0], [5.0]], n_boot=50).format()   # nothing varies
+        '5 [5, 5]'
+    """
+    stat = _statistic(statistic)
+    members = [np.asarray(g, float).ravel() for g in groups]
+    if not members or any(m.size == 0 for m in members):
+        raise ValueError("hierarchical_interval needs at least one group, and no empty group")
+    if not all(np.all(np.isfinite(m)) for m in members):
+        raise ValueError("scores must be finite")
+    n_groups = len(members)
+    group_means = np.array([m.mean() for m in members])
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))          # level 1: groups
+    slot_means = np.empty((n_boot, n_groups))
+    for j in range(n_groups):                                           # level 2: members of the group in slot j
+        for g, m in enumerate(members):
+            idx = rng.integers(0, m.size, size=(n_boot, m.size))
+            where = drawn[:, j] == g
+            slot_means[where, j] = m[idx[where]].mean(axis=1)
+    replicates = stat(slot_means, axis=1)
+    return _percentile_interval(float(stat(group_means)), replicates, confidence)
 
 
 def difference_interval(x, y, statistic: str | Statistic = "iqm", *, paired: bool = True, n_boot: int = 2000,

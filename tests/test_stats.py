@@ -160,3 +160,39 @@ def test_docstring_examples():
     import doctest
 
     assert doctest.testmod(stats, raise_on_error=False).failed == 0
+
+
+# --------------------------------------------------------------------------- hierarchical bootstrap
+
+
+def test_hierarchical_one_group_is_the_one_level_bootstrap_over_members():
+    members = np.random.default_rng(1).normal(3.0, 1.0, size=17)
+    two = stats.hierarchical_interval([members], "mean", n_boot=400, seed=5)
+    one = stats.interval(members, "mean", n_boot=400, seed=5)
+    assert two == one
+
+
+def test_hierarchical_identical_members_is_the_bootstrap_over_group_means():
+    values = [1.0, 4.0, 2.5, 9.0, 3.0, 3.5]
+    groups = [[v] * n for v, n in zip(values, [3, 1, 5, 2, 4, 6])]
+    for statistic in ("mean", "iqm", "median"):
+        assert (stats.hierarchical_interval(groups, statistic, n_boot=300, seed=2)
+                == stats.interval(values, statistic, n_boot=300, seed=2))
+
+
+def test_hierarchical_is_wider_than_pooling_when_groups_differ():
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(mu, 0.1, size=30) for mu in (0.0, 1.0, 2.0, 3.0, 4.0)]
+    two = stats.hierarchical_interval(groups, "mean", n_boot=2000, seed=0)
+    pooled = stats.interval(np.concatenate(groups), "mean", n_boot=2000, seed=0)
+    assert two.point == pytest.approx(pooled.point)          # equal sizes: mean of means = pooled mean
+    assert (two.high - two.low) > 3 * (pooled.high - pooled.low)
+
+
+def test_hierarchical_groups_weigh_the_same_and_refuse_bad_input():
+    ci = stats.hierarchical_interval([[0.0] * 99, [10.0]], "mean", n_boot=100)
+    assert ci.point == 5.0                                   # one group of 99 members does not outweigh the other
+    assert stats.hierarchical_interval([[1.0, 2.0]], n_boot=10, seed=3) == stats.hierarchical_interval([[1.0, 2.0]], n_boot=10, seed=3)
+    for bad in ([], [[1.0], []], [[1.0, np.nan]]):
+        with pytest.raises(ValueError):
+            stats.hierarchical_interval(bad)
