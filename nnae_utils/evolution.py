@@ -539,6 +539,53 @@ def run_seed(master: int, *labels: Any) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+@dataclass
+class PolicySample:
+    """Random policies drawn from genomes' scratch distributions, scored (:func:`sample_policies`)."""
+
+    returns: dict[str, np.ndarray]
+    """genome name -> (n,) each policy's mean return over the episodes."""
+    env_steps: int
+    """Env steps the sample played (not part of any run's budget)."""
+    seconds: float
+    """Wall seconds of decoding and scoring."""
+
+
+def sample_policies(genomes: dict[str, Genome], n: int, seeds: Sequence[int] | np.ndarray, *, master_seed: int = 0,
+                    max_steps: int = 1000, nthread: int | None = None, backend=None) -> PolicySample:
+    """The return of ``n`` random policies of each genome: what its space holds before any search.
+
+    Each genome draws ``n`` vectors from its scratch distribution (``Genome.random_codes``: for the
+    weight genome freshly initialised networks, for the zoo-based genomes random codes around the
+    zoo's centre with the zoo's spread, the starts of evolution from scratch) with a generator
+    seeded by ``run_seed(master_seed, "policy_sample", name)``, decodes them, and every policy plays
+    the same reset ``seeds`` (paired) in one batched evaluation. The Policy Manifold Search
+    question: do decoded random codes act better than random weights?
+
+    Example:
+        >>> from nnae_utils.genomes import WeightGenome
+        >>> from nnae_utils.policies import NetworkSpec
+        >>> g = WeightGenome(NetworkSpec(obs_dim=11, act_dim=3, hidden=(4,)))
+        >>> s = sample_policies({"weights": g}, 3, [0, 1], max_steps=20)
+        >>> s.returns["weights"].shape, 0 < s.env_steps <= 3 * 2 * 20
+        ((3,), True)
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seeds = np.asarray(seeds, np.int64)
+    backend = backends.resolve(backend)
+    start = time.perf_counter()
+    networks = []
+    for name, genome in genomes.items():
+        codes = genome.random_codes(n, np.random.default_rng(run_seed(master_seed, "policy_sample", name)))
+        decoded = genome.decode(codes)
+        networks.extend([decoded] if not isinstance(decoded, list) else decoded)
+    result = backend.evaluate(networks, seeds, max_steps=max_steps, nthread=nthread)
+    means = result.returns.mean(axis=1)
+    returns = {name: means[k * n:(k + 1) * n] for k, name in enumerate(genomes)}
+    return PolicySample(returns, int(result.lengths.sum()), time.perf_counter() - start)
+
+
 def _save(state: RunState, checkpoint: Path | None, fingerprint: str) -> None:
     if checkpoint is not None:
         state.save(checkpoint, fingerprint)

@@ -496,3 +496,20 @@ def paper_figure3(history: pd.DataFrame, scores: pd.DataFrame, log: bool = True)
         sns.move_legend(axes[1, 1], "upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="split")
     fig.tight_layout()
     return fig
+
+
+def random_policies(returns: dict, bar: float | None = None):
+    """Returns of random policies, one row per genome (box and points): what each space holds before any search."""
+    frame = pd.DataFrame([{"genome": name, "return": float(v)} for name, x in returns.items() for v in x])
+    order = list(returns)
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.7 * len(order)))
+    sns.boxplot(data=frame, y="genome", x="return", order=order, color="0.9", showfliers=False, ax=ax)
+    sns.stripplot(data=frame, y="genome", x="return", order=order, hue="genome", hue_order=order, palette="deep",
+                  size=3, jitter=0.25, legend=False, ax=ax)
+    if bar is not None:
+        ax.axvline(bar, ls="--", color="0.4", lw=1, label=f"bar {bar:g}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="return of a random policy (mean over its episodes)", ylabel="",
+           title="Random policies of each genome's scratch distribution")
+    fig.tight_layout()
+    return fig

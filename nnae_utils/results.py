@@ -11,6 +11,7 @@ the prose, and these calls.
 - :func:`equivalence_margins`: the declared "no difference" margin of each start condition;
 - :func:`comparison_table`: a Holm family of paired comparisons with the verdict rule;
 - :func:`verdict_sentence`: the sentence a primary comparison's row reads as;
+- :func:`random_policy_table`, :func:`random_policy_summary`, :func:`random_policy_sentence`: random policies of each genome's scratch distribution;
 - :func:`champion_record`: a champion's ``index.json`` record (stages 4 and 5, every kind of run);
 - :func:`label_summary`: the ``results`` block of a ``summary.json``, ``{start: {label: entry}}``;
 - :func:`iter_results`: reads that block back, in its current or its older ``"start|label"`` form.
@@ -93,6 +94,65 @@ def score_dots(scores: Mapping[Key, Sequence[float]]) -> pd.DataFrame:
     """
     return pd.DataFrame([{"start": s, "label": label, "value": v} for (s, label), x in scores.items() for v in x],
                         columns=["start", "label", "value"])
+
+
+# --------------------------------------------------------------------------- random policies of each genome
+
+
+def random_policy_table(returns: Mapping[str, Sequence[float]], bar: float, *, n_boot: int = 2000,
+                        seed: int = 0) -> pd.DataFrame:
+    """Each genome's random policies (their mean returns): median, IQM with its bootstrap interval, share above ``bar``.
+
+    Args:
+        returns: genome name -> each random policy's mean return (``evolution.sample_policies``).
+        bar: a small return that a policy which does not fall at once passes.
+        n_boot, seed: the bootstrap over policies.
+
+    Returns:
+        One row per genome: ``genome, policies, median, iqm_point, iqm_low, iqm_high``,
+        ``IQM [95% CI]`` (text), ``above_bar`` (the fraction of policies whose return exceeds ``bar``),
+        ``best`` and ``iqm`` (:class:`stats.Interval`).
+
+    Example:
+        >>> t = random_policy_table({"weights": [1.0, 2.0, 3.0, 40.0]}, bar=10.0, n_boot=100)
+        >>> t[["genome", "policies", "median", "above_bar", "best"]].to_dict("records")
+        [{'genome': 'weights', 'policies': 4, 'median': 2.5, 'above_bar': 0.25, 'best': 40.0}]
+    """
+    rows = []
+    for name, x in returns.items():
+        x = np.asarray(x, float)
+        ci = stats.interval(x, "iqm", n_boot=n_boot, seed=seed, confidence=CONFIDENCE)
+        rows.append({"genome": name, "policies": len(x), "median": float(np.median(x)), "iqm_point": ci.point,
+                     "iqm_low": ci.low, "iqm_high": ci.high, "IQM [95% CI]": ci.format(),
+                     "above_bar": float(np.mean(x > bar)), "best": float(x.max()), "iqm": ci})
+    return pd.DataFrame(rows)
+
+
+def random_policy_summary(table: pd.DataFrame, *, bar: float, episodes: int, env_steps: int,
+                          seconds: float) -> dict[str, Any]:
+    """The ``random_policies`` block of stage 4's summary: the sample's settings and cost, and one entry per genome."""
+    genomes = {r.genome: {"policies": int(r.policies), "median": r.median, "iqm": interval_dict(r.iqm),
+                          "above_bar": r.above_bar, "best": r.best} for r in table.itertuples()}
+    return {"bar": float(bar), "episodes": int(episodes), "env_steps": int(env_steps),
+            "wall_seconds": round(float(seconds), 1), "genomes": genomes}
+
+
+def random_policy_sentence(table: pd.DataFrame, bar: float, reference: str = "weights") -> str:
+    """What random policies of each genome return, set against the ``reference`` genome's (random weights).
+
+    Example:
+        >>> t = random_policy_table({"weights": [1.0, 2.0], "latent:all": [50.0, 300.0]}, bar=100.0, n_boot=50)
+        >>> random_policy_sentence(t, 100.0)
+        'Random policies (IQM of their returns, 95% CI; share above 100): weights 2 [1, 2], 0%; latent:all 175 [50, 300], 50% (+174 over random weights).'
+    """
+    ref = table.set_index("genome")["iqm_point"].get(reference)
+    parts = []
+    for r in table.itertuples():
+        text = f"{r.genome} {r.iqm.format()}, {r.above_bar:.0%}"
+        if ref is not None and r.genome != reference:
+            text += f" ({r.iqm_point - ref:+.0f} over random weights)"
+        parts.append(text)
+    return f"Random policies (IQM of their returns, 95% CI; share above {bar:g}): " + "; ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------- steps to a level

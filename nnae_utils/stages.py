@@ -507,6 +507,12 @@ class LatentEvolutionParams(StageParams):
     """Relative gain over the start network whose first crossing (env steps) is reported when fine-tuning."""
     curve_points: int = 60
     """Points of the common env-step grid on which curves are aligned and summarised."""
+    sampler_policies: int = 64
+    """Random policies drawn from each scratch distribution (weights, and the grid's latent and pca genomes), decoded and scored before any search (the Policy Manifold Search question)."""
+    sampler_episodes: int = 3
+    """Episodes (champion_report seeds, max_episode_steps each) that score every random policy; not part of any run's budget."""
+    sampler_bar: float = 200.0
+    """A small return: the share of random policies above it is reported."""
     n_boot: int = 2000
     """Bootstrap replicates of every confidence interval."""
     shown_beside: str = "long"
@@ -523,7 +529,7 @@ class LatentEvolutionParams(StageParams):
         self._positive("n_seeds", "budget_steps", "pop_size", "truncation", "tournament_size", "fitness_episodes",
                        "elite_candidates", "elite_episodes", "report_episodes", "max_episode_steps",
                        "mutation_action_change", "calibration_states", "curve_points", "n_boot", "torch_threads",
-                       "scratch_levels", "finetune_gain")
+                       "scratch_levels", "finetune_gain", "sampler_policies", "sampler_episodes", "sampler_bar")
         if not self.grid:
             raise ParameterError("latent_evolution: grid must list at least one method/genome")
         if len(set(self.grid)) != len(self.grid):

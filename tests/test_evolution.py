@@ -238,3 +238,22 @@ def test_docstring_examples(module):
     import doctest
 
     assert doctest.testmod(module, raise_on_error=False).failed == 0
+
+
+def test_sample_policies_scores_each_genomes_scratch_distribution_like_evaluate(zoo, stage2):
+    """The random-policy sampler: each genome's random codes, decoded, scored by evaluate on the same seeds;
+    reproducible from the master seed, and each genome's draws independent of the others in the batch."""
+    genomes = {name: gen.build_genome(name, train=zoo["train"], stage2_dir=stage2, best_layer=1)
+               for name in ("weights", "latent:all", "pca:all")}
+    seeds = eval_seeds("champion_report", 2)
+    sample = evo.sample_policies(genomes, 4, seeds, master_seed=7, max_steps=30)
+    assert list(sample.returns) == list(genomes) and all(r.shape == (4,) for r in sample.returns.values())
+    assert 0 < sample.env_steps <= 3 * 4 * 2 * 30 and sample.seconds > 0
+    for name, genome in genomes.items():  # by hand: the genome's own draws, decoded and evaluated
+        codes = genome.random_codes(4, np.random.default_rng(evo.run_seed(7, "policy_sample", name)))
+        alone = evaluate(genome.decode(codes), seeds, max_steps=30).returns.mean(axis=1)
+        np.testing.assert_array_equal(sample.returns[name], alone)
+    again = evo.sample_policies({"latent:all": genomes["latent:all"]}, 4, seeds, master_seed=7, max_steps=30)
+    np.testing.assert_array_equal(again.returns["latent:all"], sample.returns["latent:all"])
+    with pytest.raises(ValueError):
+        evo.sample_policies(genomes, 0, seeds)

@@ -186,3 +186,17 @@ def test_beside_says_what_is_shown_and_notes_a_run_that_predates_exact_starts(tm
         (folder / "summary.json").write_text(json.dumps(summary))
         sentence, stage = published.beside("long", "04_latent_evolution", root=tmp_path, predates="Old run.")
         assert stage is not None and sentence.endswith(" Old run.") == noted
+
+
+def test_random_policy_table_summary_and_sentence():
+    returns = {"weights": [5.0, 10.0, 20.0, 15.0], "latent:all": [100.0, 400.0, 250.0, 300.0]}
+    table = results.random_policy_table(returns, bar=200.0, n_boot=200, seed=0)
+    assert table.genome.tolist() == ["weights", "latent:all"]
+    row = table.set_index("genome").loc["latent:all"]
+    assert row["median"] == 275.0 and row["above_bar"] == 0.75 and row["best"] == 400.0
+    assert row["iqm"] == stats.interval(returns["latent:all"], "iqm", n_boot=200, seed=0)
+    block = results.random_policy_summary(table, bar=200.0, episodes=3, env_steps=1234, seconds=2.04)
+    assert block["genomes"]["weights"]["above_bar"] == 0.0 and block["env_steps"] == 1234
+    json.dumps(block)  # plain values only
+    sentence = results.random_policy_sentence(table, 200.0)
+    assert "share above 200" in sentence and f"{row['iqm_point'] - table.iqm_point[0]:+.0f} over random weights" in sentence
