@@ -586,6 +586,49 @@ def sample_policies(genomes: dict[str, Genome], n: int, seeds: Sequence[int] | n
     return PolicySample(returns, int(result.lengths.sum()), time.perf_counter() - start)
 
 
+def run_tag(name: str) -> str:
+    """A genome name as it appears in a run id: ``weights@latent:all`` -> ``weights_via_latent_all``."""
+    return name.replace(":", "_").replace("+", "p").replace("@", "_via_").replace("~", "_")
+
+
+def grid_runs(grid: Sequence[str], starts: Sequence[str], n_seeds: int, genomes, sigmas: dict, *,
+              start_of: dict, config_for, checkpoint_dir_of=None, master_seed: int = 0) -> list[Run]:
+    """Stage 4's runs: every ``method/genome`` of ``grid``, start condition and replicate (in that order).
+
+    Args:
+        grid: ``method/genome`` entries.
+        starts: start conditions; ``scratch`` has no start network (and no runs of fine-tune-only names).
+        n_seeds: replicates per entry and start.
+        genomes: a :class:`~nnae_utils.genomes.GenomeGrid` of the grid's genome names.
+        sigmas: ``(genome name, start) -> sigma``.
+        start_of: ``(start, replicate) -> (network id, Network)`` for every fine-tuning start.
+        config_for: ``config_for(method=..., sigma=..., seed=..., fitness_seed_offset=...)`` -> :class:`EvolutionConfig`
+            (the stage's parameters fill in the rest).
+        checkpoint_dir_of: ``checkpoint_dir_of(run)`` -> the run's checkpoint folder, or None.
+        master_seed: the stage's seed, from which every run's seed derives (:func:`run_seed`).
+    """
+    runs = []
+    for entry in grid:
+        method, name = entry.split("/", 1)
+        for start in starts:
+            if start == "scratch" and name in genomes.fine_tune_only:
+                continue
+            for r in range(n_seeds):
+                genome, z0, net_id = genomes.genomes[name], None, None
+                if start != "scratch":
+                    net_id, net = start_of[(start, r)]
+                    genome, z0 = genomes.fine_tune(name, net)
+                cfg = config_for(method=method, sigma=sigmas[(name, start)], seed=run_seed(master_seed, entry, start, r),
+                                 fitness_seed_offset=r * SEEDS_PER_REPLICATE)
+                info = {"label": entry, "start": start, "replicate": r,
+                        "start_mode": genomes.start_mode[name] if start != "scratch" else None, "start_network": net_id}
+                run = Run(f"{method}-{run_tag(name)}-{start}-s{r}", cfg, genome, z0, info=info)
+                if checkpoint_dir_of is not None:
+                    run.checkpoint_dir = checkpoint_dir_of(run)
+                runs.append(run)
+    return runs
+
+
 def _save(state: RunState, checkpoint: Path | None, fingerprint: str) -> None:
     if checkpoint is not None:
         state.save(checkpoint, fingerprint)

@@ -809,6 +809,51 @@ def build_genome(
     return LayerCodeGenome(kind, f"{kind}:{token}", codes, centre_net, train)
 
 
+class GenomeGrid:
+    """The genomes a stage's grid names, each encoding built once (stage 4's ``grid`` of ``method/genome``).
+
+    A grid name may carry a start marker (``latent:all~decoded``) or start through another genome's
+    decoding (``weights@latent:all``); both share the encoding of the plain name, and only differ where a
+    start network exists, so they have no runs from scratch (:attr:`fine_tune_only`).
+
+    Example:
+        >>> from nnae_utils.policies import NetworkSpec
+        >>> train = [Network.random(NetworkSpec(obs_dim=11, act_dim=3, hidden=(4,)), seed=s) for s in range(3)]
+        >>> g = GenomeGrid(["weights", "random:all", "random:all~decoded", "weights@random:all"], train=train,
+        ...                latent_dims={0: 2, 1: 2})
+        >>> sorted(g.built), sorted(g.fine_tune_only), g.start_mode["weights@random:all"]
+        (['random:all', 'weights'], ['random:all~decoded', 'weights@random:all'], 'decoded')
+        >>> genome, z0 = g.fine_tune("random:all", train[0])
+        >>> bool(np.array_equal(genome.decode(z0).flat(), train[0].flat()))   # the exact start, bitwise
+        True
+    """
+
+    def __init__(self, names: Sequence[str], *, train: Sequence[Network], **build: Any):
+        self.names = list(dict.fromkeys(names))
+        self.encoding_of = {n: split_start_mode(split_start_through(n)[0])[0] for n in self.names}
+        encodings = dict.fromkeys(split_start_mode(part)[0] for n in self.names for part in split_start_through(n) if part)
+        self.built: dict[str, Genome] = {e: build_genome(e, train=train, **build) for e in encodings}
+        """Each encoding once, by its plain name."""
+        self.genomes: dict[str, Genome] = {n: self.built[self.encoding_of[n]] for n in self.names}
+        """Grid name -> the genome of its encoding (from scratch, the genome itself)."""
+        self.start_mode: dict[str, str] = {
+            n: "decoded" if split_start_through(n)[1] else split_start_mode(n)[1] for n in self.names}
+        """Grid name -> where fine-tuning starts: ``exact`` or ``decoded``."""
+
+    @property
+    def fine_tune_only(self) -> set[str]:
+        """Names without runs from scratch (``<genome>~decoded``, ``weights@<genome>``)."""
+        return {n for n in self.names if self.start_mode[n] == "decoded"}
+
+    def fine_tune(self, name: str, start: Network) -> tuple[Genome, np.ndarray]:
+        """(genome, start vector) with which ``name`` fine-tunes ``start``: a displacement around it (exact),
+        its own code (``<genome>~decoded``), or, in weight space, that decoded network (``weights@<genome>``)."""
+        through = split_start_through(name)[1]
+        if through:  # self.genomes[name] is the weight genome
+            return fine_tuning_start(self.genomes[name], decoded_start(self.built[through], start))
+        return fine_tuning_start(self.genomes[name], start, self.start_mode[name])
+
+
 # --------------------------------------------------------------------------- mutation strength
 
 

@@ -257,3 +257,34 @@ def test_sample_policies_scores_each_genomes_scratch_distribution_like_evaluate(
     np.testing.assert_array_equal(again.returns["latent:all"], sample.returns["latent:all"])
     with pytest.raises(ValueError):
         evo.sample_policies(genomes, 0, seeds)
+
+
+def test_grid_runs_builds_every_entry_start_and_replicate_as_stage_4_did(zoo, stage2):
+    """evolution.grid_runs with genomes.GenomeGrid: run ids, seeds, starts and fingerprints as the notebook's own
+    loop built them; fine-tune-only names get no scratch runs; exact starts hold their network bitwise."""
+    grid = ["ga/weights", "ga/latent:all", "ga/latent:all~decoded", "ga/weights@latent:all"]
+    names = [e.split("/", 1)[1] for e in grid]
+    genome_grid = gen.GenomeGrid(names, train=zoo["train"], stage2_dir=stage2, best_layer=1)
+    assert sorted(genome_grid.built) == ["latent:all", "weights"]
+    assert genome_grid.fine_tune_only == {"latent:all~decoded", "weights@latent:all"}
+    start_of = {("finetune", r): (f"net{r}", zoo["test"][r]) for r in range(2)}
+    sigmas = {(n, s): 0.1 for n in names for s in ("finetune", "scratch")}
+    runs = evo.grid_runs(grid, ["finetune", "scratch"], 2, genome_grid, sigmas, start_of=start_of, master_seed=3,
+                         config_for=lambda **kw: config(**kw))
+    assert len(runs) == 4 * 2 + 2 * 2
+    by_id = {r.run_id: r for r in runs}
+    assert set(by_id) >= {"ga-weights_via_latent_all-finetune-s1", "ga-latent_all_decoded-finetune-s0", "ga-latent_all-scratch-s1"}
+    for run in runs:
+        entry, start, r = run.info["label"], run.info["start"], run.info["replicate"]
+        method, name = entry.split("/", 1)
+        assert run.config.seed == evo.run_seed(3, entry, start, r)
+        assert run.config.fitness_seed_offset == r * evo.SEEDS_PER_REPLICATE
+        if start == "scratch":
+            assert run.start is None and run.info["start_network"] is None and run.genome is genome_grid.genomes[name]
+            continue
+        net = zoo["test"][r]
+        genome, z0 = genome_grid.fine_tune(name, net)
+        assert run.info["start_network"] == f"net{r}" and np.array_equal(run.start, z0)
+        assert run.fingerprint == evo.run_fingerprint(run.config, genome, z0, run.info)
+        if genome_grid.start_mode[name] == "exact":
+            assert run.genome.decode(run.start).flat().tobytes() == net.flat().tobytes()
