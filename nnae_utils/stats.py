@@ -28,7 +28,8 @@ tests, TOST: the ``1 - 2 alpha`` percentile interval inside ``(-margin, +margin)
 declared before looking), Holm-adjusted as its own family. Each comparison ends in one word
 (:func:`verdict`): ``better``, ``worse``, ``equivalent`` or ``inconclusive``. Every bootstrap
 resamples runs (seeds), never episodes or snapshots of one run; where each run has several
-scores (snapshots), :func:`hierarchical_interval` resamples runs, then the scores within each.
+scores (snapshots), :func:`hierarchical_interval` and :func:`hierarchical_ratio_interval` resample
+runs, then the scores within each.
 
 A caveat that the error rate is only as good as the bootstrap: with few runs the percentile
 bootstrap is too narrow. Five paired runs whose differences all share a sign give every replicate
@@ -170,6 +171,31 @@ def interval(scores, statistic: str | Statistic = "iqm", *, n_boot: int = 2000, 
     return _percentile_interval(float(stat(x.ravel())), replicates, confidence)
 
 
+def _groups(groups, what: str = "groups") -> list[np.ndarray]:
+    members = [np.asarray(g, float).ravel() for g in groups]
+    if not members or any(m.size == 0 for m in members):
+        raise ValueError(f"a two-level bootstrap needs at least one group, and no empty group ({what})")
+    if not all(np.all(np.isfinite(m)) for m in members):
+        raise ValueError("scores must be finite")
+    return members
+
+
+def _two_level_means(samples: Sequence[list[np.ndarray]], n_boot: int, seed: int) -> list[np.ndarray]:
+    """(n_boot, n_groups) means of each paired sample's drawn groups, all resampled with the same indices."""
+    first = samples[0]
+    n_groups = len(first)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))          # level 1: groups
+    slot_means = [np.empty((n_boot, n_groups)) for _ in samples]
+    for j in range(n_groups):                                           # level 2: members of the group in slot j
+        for g, m in enumerate(first):
+            idx = rng.integers(0, m.size, size=(n_boot, m.size))
+            where = drawn[:, j] == g
+            for sample, out in zip(samples, slot_means):
+                out[where, j] = sample[g][idx[where]].mean(axis=1)
+    return slot_means
+
+
 def hierarchical_interval(groups: Sequence[Sequence[float]], statistic: str | Statistic = "mean", *, n_boot: int = 2000,
                           confidence: float = 0.95, seed: int = 0) -> Interval:
     """A two-level bootstrap: resample the groups with replacement, then the members within each drawn group.
@@ -200,23 +226,42 @@ def hierarchical_interval(groups: Sequence[Sequence[float]], statistic: str | St
         '5 [5, 5]'
     """
     stat = _statistic(statistic)
-    members = [np.asarray(g, float).ravel() for g in groups]
-    if not members or any(m.size == 0 for m in members):
-        raise ValueError("hierarchical_interval needs at least one group, and no empty group")
-    if not all(np.all(np.isfinite(m)) for m in members):
-        raise ValueError("scores must be finite")
-    n_groups = len(members)
-    group_means = np.array([m.mean() for m in members])
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))          # level 1: groups
-    slot_means = np.empty((n_boot, n_groups))
-    for j in range(n_groups):                                           # level 2: members of the group in slot j
-        for g, m in enumerate(members):
-            idx = rng.integers(0, m.size, size=(n_boot, m.size))
-            where = drawn[:, j] == g
-            slot_means[where, j] = m[idx[where]].mean(axis=1)
-    replicates = stat(slot_means, axis=1)
-    return _percentile_interval(float(stat(group_means)), replicates, confidence)
+    members = _groups(groups)
+    (slot_means,) = _two_level_means([members], n_boot, seed)
+    point = float(stat(np.array([m.mean() for m in members])))
+    return _percentile_interval(point, stat(slot_means, axis=1), confidence)
+
+
+def hierarchical_ratio_interval(numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]], *,
+                                n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """:func:`ratio_interval` (paired, ratio of means) with the two-level resampling of :func:`hierarchical_interval`.
+
+    ``numerator[g][i]`` and ``denominator[g][i]`` belong together (a decoded network and its input
+    network, ``g`` their training run): both are resampled with the same group and member indices.
+    The ratio is the mean over groups of the numerator's group means over the same of the
+    denominator's (each run weighs the same); a replicate whose denominator is not positive is
+    dropped, and a non-positive denominator gives NaN, as in :func:`ratio_interval`. With one group
+    it is :func:`ratio_interval` of the members, same seed (stage 3's retention, resampling runs then
+    networks).
+
+    Example:
+        >>> hierarchical_ratio_interval([[2.0, 4.0], [6.0]], [[1.0, 2.0], [3.0]], n_boot=100).format(".2f")
+        '2.00 [2.00, 2.00]'
+    """
+    num, den = _groups(numerator, "numerator"), _groups(denominator, "denominator")
+    if [m.size for m in num] != [m.size for m in den]:
+        raise ValueError("paired samples must have groups of the same sizes")
+    point_den = float(np.mean([m.mean() for m in den]))
+    if not point_den > 0:
+        nan = float("nan")
+        return Interval(nan, nan, nan, confidence)
+    point = float(np.mean([m.mean() for m in num])) / point_den
+    slot_num, slot_den = _two_level_means([num, den], n_boot, seed)
+    top, bottom = slot_num.mean(axis=1), slot_den.mean(axis=1)
+    ok = bottom > 0
+    if not ok.any():
+        return Interval(point, float("nan"), float("nan"), confidence)
+    return _percentile_interval(point, top[ok] / bottom[ok], confidence)
 
 
 def difference_interval(x, y, statistic: str | Statistic = "iqm", *, paired: bool = True, n_boot: int = 2000,

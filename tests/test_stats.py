@@ -196,3 +196,23 @@ def test_hierarchical_groups_weigh_the_same_and_refuse_bad_input():
     for bad in ([], [[1.0], []], [[1.0, np.nan]]):
         with pytest.raises(ValueError):
             stats.hierarchical_interval(bad)
+
+
+def test_hierarchical_ratio_with_one_group_is_the_paired_ratio_interval():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(1000, 3000, size=15)
+    y = x * rng.uniform(0.2, 1.1, size=15)
+    assert (stats.hierarchical_ratio_interval([y], [x], n_boot=300, seed=1)
+            == stats.ratio_interval(y, x, "mean", n_boot=300, seed=1))
+
+
+def test_hierarchical_ratio_keeps_pairs_and_weighs_runs_alike():
+    ci = stats.hierarchical_ratio_interval([[2.0, 4.0, 6.0], [1.0]], [[1.0, 2.0, 3.0], [0.5]], n_boot=200, seed=0)
+    assert (ci.point, ci.low, ci.high) == (2.0, 2.0, 2.0)            # every pair keeps 2:1 under resampling
+    runs = [np.full(30, 0.5), np.full(30, 1.0)]                    # two runs, each one value
+    ones = [np.ones(30), np.ones(30)]
+    wide = stats.hierarchical_ratio_interval(runs, ones, n_boot=500, seed=0)
+    assert wide.point == 0.75 and wide.low == 0.5 and wide.high == 1.0   # a replicate draws one run twice, or both
+    assert np.isnan(stats.hierarchical_ratio_interval([[1.0]], [[0.0]]).point)
+    with pytest.raises(ValueError):
+        stats.hierarchical_ratio_interval([[1.0, 2.0]], [[1.0]])
