@@ -629,6 +629,22 @@ def grid_runs(grid: Sequence[str], starts: Sequence[str], n_seeds: int, genomes,
     return runs
 
 
+def start_rows(runs: Sequence[Run], outcomes: dict[str, RunState], start_of: dict, start_return: dict) -> list[dict[str, Any]]:
+    """What every fine-tuning run held at its first record (its start vector, before any step), for
+    :func:`nnae_utils.results.start_check`: whether it decodes to its start network's bytes, and its return
+    beside the start network's. ``start_of`` and ``start_return`` are keyed by ``(start, replicate)``."""
+    rows = []
+    for run in runs:
+        start, r = run.info["start"], run.info["replicate"]
+        if start == "scratch":
+            continue
+        at0 = outcomes[run.run_id].curve[0]  # the start vector, reported before any step
+        rows.append({"start": start, "label": run.info["label"], "start mode": run.info["start_mode"],
+                     "bitwise": run.genome.decode(run.start).flat().tobytes() == start_of[(start, r)].flat().tobytes(),
+                     "return at δ = 0": at0["champion_return"], "start network's return": start_return[(start, r)]})
+    return rows
+
+
 def _save(state: RunState, checkpoint: Path | None, fingerprint: str) -> None:
     if checkpoint is not None:
         state.save(checkpoint, fingerprint)

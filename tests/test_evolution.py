@@ -288,3 +288,16 @@ def test_grid_runs_builds_every_entry_start_and_replicate_as_stage_4_did(zoo, st
         assert run.fingerprint == evo.run_fingerprint(run.config, genome, z0, run.info)
         if genome_grid.start_mode[name] == "exact":
             assert run.genome.decode(run.start).flat().tobytes() == net.flat().tobytes()
+
+
+def test_genome_grid_calibrates_as_calibrate_sigma_per_name_and_start(zoo, stage2):
+    names = ["weights", "latent:all", "latent:all~decoded"]
+    genome_grid = gen.GenomeGrid(names, train=zoo["train"], stage2_dir=stage2, best_layer=1)
+    states = np.random.default_rng(0).normal(size=(16, zoo["train"][0].spec.obs_dim))
+    pools = {"finetune": zoo["test"][:2]}
+    sigmas = genome_grid.calibrate(["finetune", "scratch"], pools, states, 0.05, seed=2)
+    assert set(sigmas) == {(n, "finetune") for n in names} | {("weights", "scratch"), ("latent:all", "scratch")}
+    per, parents = zip(*[genome_grid.fine_tune("latent:all~decoded", net) for net in pools["finetune"]])
+    assert sigmas[("latent:all~decoded", "finetune")] == gen.calibrate_sigma(list(per), np.stack(parents), states, 0.05, seed=2)
+    g = genome_grid.genomes["latent:all"]
+    assert sigmas[("latent:all", "scratch")] == gen.calibrate_sigma(g, g.random_codes(4, np.random.default_rng(2)), states, 0.05, seed=2)
