@@ -1135,9 +1135,11 @@ def evaluate_code(code: LayerCode, data: "LayerData", std: float) -> dict[str, f
         }
 
 
-def mean_layer_loss(train: "LayerData", data: "LayerData", layer: int, *, over_units: bool = False) -> float:
+def mean_layer_loss(train: "LayerData", data: "LayerData", layer: int, *, over_units: bool = False,
+                    per_network: bool = False) -> float | np.ndarray:
     """Functional loss when layer ``layer`` of every network of ``data`` is replaced by the train networks'
     mean layer: the loss of a code that carries no information about the network (a scale for the others).
+    ``per_network``: one loss per network of ``data`` (its mean over the eval states), not their mean.
 
     ``over_units``: the mean over every permutation of the hidden units too (the layer's rows are averaged
     when its outputs are hidden units, its columns when its inputs are): the mean of what ``augment``
@@ -1152,7 +1154,18 @@ def mean_layer_loss(train: "LayerData", data: "LayerData", layer: int, *, over_u
     n = len(data.stack)
     with torch.no_grad():
         y = forward_from(data.stack, layer, x, w_mean.expand(n, -1, -1), b_mean.expand(n, -1))
-        return float(torch.linalg.vector_norm(y - y_input, dim=-1).mean())
+        per_state = torch.linalg.vector_norm(y - y_input, dim=-1)
+        return per_state.mean(dim=-1).numpy().astype(float) if per_network else float(per_state.mean())
+
+
+def functional_per_network(code: LayerCode, data: "LayerData") -> np.ndarray:
+    """(N,) functional loss of ``code`` on each network of ``data`` (mean over ``data.eval_states``): the
+    per-network terms whose mean :func:`evaluate_code` reports, for intervals that resample networks or runs."""
+    wd, bd = reconstruct_stack(code, data.stack)
+    x, y_input = data.eval_inputs(code.layer)
+    with torch.no_grad():
+        y_decoded = forward_from(data.stack, code.layer, x, wd, bd)
+        return torch.linalg.vector_norm(y_decoded - y_input, dim=-1).mean(dim=-1).numpy().astype(float)
 
 
 # --------------------------------------------------------------------------- training

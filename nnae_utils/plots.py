@@ -138,6 +138,35 @@ def ablation_bars(table: pd.DataFrame, value: str = "val_functional", ylabel: st
     return fig
 
 
+def learning_curve(table: pd.DataFrame, fits: pd.DataFrame | None = None):
+    """Held-out loss over the mean layer's against the number of train runs ``k`` (log axis), one panel per
+    layer, one point per fold with its run-level interval, and the power-law fit of each option and form
+    (dashed, drawn to 4x the largest ``k``). ``table``: :func:`nnae_utils.learning_curve.fold_curve`'s;
+    ``fits``: :func:`nnae_utils.learning_curve.extrapolate`'s (model power)."""
+    import numpy as np
+
+    layers = sorted(table["layer"].unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.4), squeeze=False, sharey=True)
+    jitter = np.random.default_rng(0)
+    for ax, layer in zip(axes[0], layers):
+        for (option, form), g in table[table["layer"] == layer].groupby(["option", "form"], sort=False):
+            x = g["k"] * np.exp(0.04 * jitter.standard_normal(len(g)))  # folds of one k side by side
+            bars = ax.errorbar(x, g["ratio"], yerr=[g["ratio"] - g["low"], g["high"] - g["ratio"]], fmt="o", ms=4,
+                               capsize=2, label=f"{option} / {form}")
+            f = pd.DataFrame() if fits is None else fits[(fits["layer"] == layer) & (fits["option"] == option)
+                                                         & (fits["form"] == form) & (fits["model"] == "power")]
+            if len(f) and np.isfinite(f["a"].iloc[0]):
+                ks = np.geomspace(g["k"].min(), max(4 * g["k"].max(), 2), 50)
+                ax.plot(ks, np.exp(f["a"].iloc[0] + f["b"].iloc[0] * np.log(ks)), ls="--", lw=1, color=bars[0].get_color())
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="train runs k", title=f"layer {layer}")
+    axes[0][0].set_ylabel("held-out loss / mean layer's")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- stage 4: latent evolution
 
 import numpy as np  # noqa: E402  (stage 4's figures)

@@ -363,8 +363,12 @@ class LayerAEParams(StageParams):
     """Autoencoders trained at once, each in its own process (1: one after another, in the process of the notebook); the models do not depend on it."""
     symmetry: list[str] = field(default_factory=lambda: ["none", "align"])
     """Hidden-unit symmetry options the main autoencoders are trained with and compared on the validation run: none (the checkpoints stages 3 and 4 load; required), align (weight matching to the best train network, network by network), align_runs (the same with one permutation per training run, that of its mean network), augment (a fresh random permutation of every train network in every minibatch), canonical (ReLU units rescaled to unit norm, then ordered and weight-matched to the canonical reference)."""
+    learning_curve_k: list[int] = field(default_factory=list)
+    """Numbers of train runs k of the learning curve (issue 29): for each, the zoo's leave-runs-out folds of k train runs (splits.json; on a zoo without folds, up to 3 subsets drawn from its train runs) retrain the main flat autoencoders (no symmetry option) on those runs only, measured on the validation runs (nnae_utils.learning_curve); empty: no learning curve."""
 
     def validate(self) -> None:
+        if any(int(k) != k or k < 1 for k in self.learning_curve_k) or len(set(self.learning_curve_k)) != len(self.learning_curve_k):
+            raise ParameterError(f"layer_autoencoders: learning_curve_k must list distinct positive integers, got {self.learning_curve_k!r}")
         self._positive(
             "sweep_ratios", "max_flat_latent", "flat_hidden", "token_hidden", "lr", "max_epochs", "steps_per_epoch",
             "patience", "networks_per_batch", "states_per_batch", "eval_states", "dagger_every", "dagger_networks",
