@@ -52,7 +52,7 @@ from . import autoencoders as ae
 from .io import jsonable
 from .policies import Network, NetworkSpec, action_distance, save_network, write_index
 from .rollouts import evaluate
-from .stats import ratio_interval
+from .stats import hierarchical_ratio_interval, ratio_interval
 
 KINDS = ("autoencoder", "pca", "identity")
 GOAL_RATIO = 10.0
@@ -436,13 +436,21 @@ def episodes_needed(se: float, mean_input: float, episodes: int, resolution: flo
 
 
 def retention_table(frame: pd.DataFrame, by: Sequence[str], *, n_boot: int = 2000, confidence: float = 0.95,
-                    seed: int = 0, resolution: float = 0.02) -> pd.DataFrame:
+                    seed: int = 0, resolution: float = 0.02, runs: str | None = None) -> pd.DataFrame:
     """Retention of each group of ``frame`` (rows of :func:`score_frame`), one row per group.
 
     Columns: ``n_networks``, ``input_mean``, ``decoded_mean``, ``retention`` (= decoded_mean /
     input_mean, the ratio of mean returns), ``low``, ``high`` (its bootstrap interval over networks,
     paired), ``compression_ratio``, ``rel_se`` (episode noise of the mean difference, relative to
     input_mean), ``episodes``, ``episodes_needed`` (to resolve ``resolution`` at 95%), ``resolved``.
+
+    ``runs``: a column of ``frame`` naming each network's training run. Then also ``n_runs`` and
+    ``run_retention``, ``run_low``, ``run_high``: the retention with every run weighing the same
+    (mean over runs of the decoded run means, over the same of the input run means) and its
+    two-level bootstrap interval, runs resampled, then networks within each drawn run, each with its
+    input (:func:`~nnae_utils.stats.hierarchical_ratio_interval`): snapshots of one run are not
+    independent, so this interval is the one that speaks for other runs. With one run it equals
+    ``retention``, ``low``, ``high``.
     """
     rows = []
     for key, g in frame.groupby(list(by), sort=False):
@@ -463,6 +471,11 @@ def retention_table(frame: pd.DataFrame, by: Sequence[str], *, n_boot: int = 200
         })
         if "action_distance" in g:
             row["action_distance"] = float(g["action_distance"].mean())
+        if runs is not None:
+            of_run = [(g[runs] == r).to_numpy() for r in pd.unique(g[runs])]
+            hi = hierarchical_ratio_interval([y[m] for m in of_run], [x[m] for m in of_run], n_boot=n_boot,
+                                             confidence=confidence, seed=seed)
+            row.update({"n_runs": len(of_run), "run_retention": hi.point, "run_low": hi.low, "run_high": hi.high})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -267,6 +267,8 @@ class DataParams(StageParams):
     """Runs held out for test (or, splitting by network, the same share of networks drawn at random)."""
     state_episodes: int = 2
     """Episodes each zoo network is deployed for to collect visited states."""
+    max_state_networks: int = 0
+    """Zoo networks deployed to collect states, sampled by run then evenly over each run's steps (zoo.sample_indices; 0: all); caps the cost on a large zoo."""
     n_states: int = 20_000
     """Size of the state dataset (visited states subsampled, plus random states)."""
     random_fraction: float = 0.2
@@ -293,6 +295,8 @@ class DataParams(StageParams):
             raise ParameterError(f"data: split_by must be 'run' or 'network', got {self.split_by!r}")
         if self.validation_runs < 0 or self.test_runs < 0:
             raise ParameterError("data: validation_runs and test_runs must be >= 0")
+        if self.max_state_networks < 0:
+            raise ParameterError(f"data: max_state_networks must be >= 0 (0: all), got {self.max_state_networks}")
         if self.split_by == "run" and self.zoo_source == "train" and self.n_runs < self.validation_runs + self.test_runs + 1:
             raise ParameterError(
                 f"data: split_by='run' needs n_runs >= validation_runs + test_runs + 1 "
@@ -414,7 +418,9 @@ class DecodedEvalParams(StageParams):
     pca: bool = True
     """Score the per-layer PCA baseline at every latent size stage 2 evaluated it."""
     max_networks_per_split: int = 0
-    """Networks of each split decoded and scored, spread evenly over its runs and training steps (0: all); caps the cost on a large zoo."""
+    """Networks of each split decoded and scored, sampled by run then evenly over each run's steps, seeded by seed (zoo.sample_indices; 0: all); caps the cost on a large zoo."""
+    max_extra_networks_per_split: int = 0
+    """Of those, the networks the sweep, ablation and PCA variants are scored on, sampled the same way (0: as many as max_networks_per_split); most of the stage's decoded networks."""
     episodes: int = 20
     """Paired episodes per network (the same decoded_report reset seeds for input and decoded networks)."""
     max_episode_steps: int = 1000
@@ -439,6 +445,9 @@ class DecodedEvalParams(StageParams):
                        "torch_threads", "thresholds")
         if self.max_networks_per_split < 0:
             raise ParameterError(f"{self.STAGE}: max_networks_per_split must be >= 0 (0: all), got {self.max_networks_per_split}")
+        if self.max_extra_networks_per_split < 0:
+            raise ParameterError(f"{self.STAGE}: max_extra_networks_per_split must be >= 0 (0: as max_networks_per_split), "
+                                 f"got {self.max_extra_networks_per_split}")
         known = ("train", "validation", "test")
         for name in ("splits", "extra_splits"):
             values = getattr(self, name)

@@ -650,6 +650,28 @@ class Zoo:
         picked.splits[name] = picked.ids()
         return picked
 
+    def sample(self, n: int, *, per_run: int = 0, seed: int = 0, stratum: Sequence[str] = ()) -> "Zoo":
+        """At most ``n`` networks, runs first, then snapshots evenly over each run's training steps
+        (:func:`sample_indices`); every network when ``n`` is 0 or covers the zoo. The result keeps
+        zoo order, and each split lists its sampled members.
+
+        ``stratum``: ids (e.g. the train snapshots stage 2 held out) sampled apart from the others,
+        in proportion to their share of the zoo and at least one, so that a cap keeps some of them.
+        """
+        frame = self.frame()
+        inside = frame["id"].isin(set(stratum)).to_numpy()
+        if n and n < len(frame) and 0 < inside.sum() < len(frame):
+            n_in = min(max(1, round(n * inside.mean())), n - 1)
+            keep = set()
+            for part, k in ((inside, n_in), (~inside, n - n_in)):
+                sub = frame[part]
+                keep |= {sub["id"].iloc[i] for i in sample_indices(sub["run"].tolist(), sub["step"].tolist(), k,
+                                                                   per_run=per_run, seed=seed)}
+            return self._take(sorted(keep), {s: [i for i in m if i in keep] for s, m in self.splits.items()})
+        idx = sample_indices(frame["run"].tolist(), frame["step"].tolist(), n, per_run=per_run, seed=seed)
+        keep = {self.records[i]["id"] for i in idx}
+        return self._take(sorted(keep), {s: [i for i in m if i in keep] for s, m in self.splits.items()})
+
     def _take(self, ids: Sequence[str], splits: dict[str, list[str]]) -> "Zoo":
         keep = set(ids)
         idx = [i for i, r in enumerate(self.records) if r["id"] in keep]
@@ -690,6 +712,79 @@ class Zoo:
             }
             for r in self.records
         )
+
+
+def sample_indices(runs: Sequence[Any], steps: Sequence[Any], n: int, *, per_run: int = 0, seed: int = 0) -> list[int]:
+    """Indices of at most ``n`` networks: runs first, then snapshots evenly over each run's steps.
+
+    Runs weigh the same whatever their number of snapshots. ``k`` runs are drawn (all of them
+    when they fit: ``k = min(runs, n)``, or ``ceil(n / per_run)`` with ``per_run``), without
+    replacement by a generator seeded with ``seed``; the ``n`` places go round-robin over the drawn
+    runs in run order (at most ``per_run`` or the run's size each); within a run the ``m`` picks
+    are evenly spaced over its snapshots in step order (``linspace(0, size - 1, m)``, rounded), so
+    a single run gives :func:`nnae_utils.decoded.spread_subset`'s choice. ``n`` 0, or at least
+    the number of networks without a binding ``per_run``: every index. Sorted ascending.
+
+    Example:
+        >>> runs = [0] * 6 + [1] * 6 + [2] * 3
+        >>> sample_indices(runs, list(range(6)) * 2 + [0, 1, 2], 6, seed=0)   # two per run
+        [0, 5, 6, 11, 12, 14]
+        >>> sample_indices(runs, list(range(15)), 4, per_run=2, seed=0)      # two of the three runs, seeded
+        [6, 11, 12, 14]
+        >>> sample_indices(runs, list(range(15)), 0) == list(range(15))
+        True
+    """
+    if len(runs) != len(steps):
+        raise ValueError(f"runs and steps differ in length ({len(runs)} and {len(steps)})")
+    if n < 0 or per_run < 0:
+        raise ValueError(f"n and per_run must be >= 0, got {n} and {per_run}")
+    if not n:
+        return list(range(len(runs)))
+    members: dict[Any, list[int]] = {}
+    for i in sorted(range(len(runs)), key=lambda i: (steps[i] is None, steps[i] or 0, i)):   # a student: no step
+        members.setdefault(runs[i], []).append(i)
+    names = sorted(members, key=lambda r: (not isinstance(r, (int, np.integer)), r if isinstance(r, (int, np.integer)) else 0, str(r)))
+    cap = {r: min(len(members[r]), per_run) if per_run else len(members[r]) for r in names}
+    if n >= len(runs) and all(cap[r] == len(members[r]) for r in names):
+        return list(range(len(runs)))
+    k = min(len(names), n if not per_run else -(-n // per_run))
+    if k < len(names):
+        drawn = np.random.default_rng(seed).choice(len(names), size=k, replace=False)
+        names = [names[j] for j in sorted(drawn)]
+    take = dict.fromkeys(names, 0)
+    left = n
+    while left:
+        open_runs = [r for r in names if take[r] < cap[r]]
+        if not open_runs:
+            break
+        for r in open_runs[:left]:
+            take[r] += 1
+        left -= min(left, len(open_runs))
+    picked: list[int] = []
+    for r in names:
+        if take[r]:
+            pos = np.unique(np.linspace(0, len(members[r]) - 1, take[r]).round().astype(int))
+            picked += [members[r][p] for p in pos]
+    return sorted(picked)
+
+
+def sample_sentence(sample: "Zoo", population: "Zoo", *, what: str = "networks", seed: int | None = None) -> str:
+    """How ``sample`` was drawn from ``population``, for a chapter's text.
+
+    Example:
+        >>> z = Zoo(Path("."), [{"id": f"r{r}_{s}", "provenance": {"run": r, "step": s}, "return_mean": 0.0,
+        ...      "return_std": 0.0} for r in range(3) for s in range(4)], [None] * 12, {"test": []})
+        >>> print(sample_sentence(z.sample(4, seed=0), z, what="test networks", seed=0))
+        scored 4 of 12 test networks (3 of 3 runs), sampled by run then spread evenly over each run's training steps (seed 0)
+        >>> sample_sentence(z, z)
+        'scored all 12 networks (3 runs)'
+    """
+    runs_of = lambda z: len({r["provenance"].get("run") for r in z.records})  # noqa: E731
+    n, m, rs, rm = len(sample.records), len(population.records), runs_of(sample), runs_of(population)
+    if n == m:
+        return f"scored all {m} {what} ({rm} run{'s' if rm != 1 else ''})"
+    how = "sampled by run then spread evenly over each run's training steps"
+    return f"scored {n} of {m} {what} ({rs} of {rm} run{'s' if rm != 1 else ''}), {how}" + (f" (seed {seed})" if seed is not None else "")
 
 
 def replicate_starts(n_networks: int, n_replicates: int, seed: int) -> list[int]:

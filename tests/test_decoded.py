@@ -213,3 +213,25 @@ def test_parameters_fail_early_with_clear_messages(tmp_path):
     DecodedEvalParams(run_dir=str(tmp_path), headline_split="train", sweep=False, ablation=False, pca=False)
     with pytest.raises(MissingInputError, match="layer_autoencoders"):
         DecodedEvalParams(run_dir=str(tmp_path)).upstream_dir("layer_autoencoders")
+
+
+def test_retention_table_runs_interval_resamples_runs_then_networks():
+    from nnae_utils.stats import hierarchical_ratio_interval
+
+    rng = np.random.default_rng(0)
+    n = 12
+    inputs = rng.uniform(2000, 3000, n)
+    decoded = inputs * np.repeat([0.5, 0.8, 1.0], 4)                      # three runs, each with its own retention
+    frame = pd.DataFrame({"g": "a", "input_return": inputs, "decoded_return": decoded, "run": np.repeat([7, 8, 9], 4),
+                          "input_episodes": [rng.uniform(0, 1, 5) for _ in range(n)],
+                          "decoded_episodes": [rng.uniform(0, 1, 5) for _ in range(n)], "compression_ratio": 10.0})
+    plain = D.retention_table(frame, ["g"], n_boot=300, seed=1)
+    table = D.retention_table(frame, ["g"], n_boot=300, seed=1, runs="run")
+    assert "run_low" not in plain and table.drop(columns=["n_runs", "run_retention", "run_low", "run_high"]).equals(plain)
+    row = table.iloc[0]
+    parts = [slice(0, 4), slice(4, 8), slice(8, 12)]
+    ci = hierarchical_ratio_interval([decoded[p] for p in parts], [inputs[p] for p in parts], n_boot=300, seed=1)
+    assert row.n_runs == 3 and (row.run_retention, row.run_low, row.run_high) == pytest.approx((ci.point, ci.low, ci.high))
+    assert row.run_high - row.run_low > row.high - row.low                   # runs differ: wider than over networks
+    one = D.retention_table(frame.assign(run=0), ["g"], n_boot=300, seed=1, runs="run").iloc[0]
+    assert (one.run_retention, one.run_low, one.run_high) == pytest.approx((one.retention, one.low, one.high))   # one run

@@ -335,3 +335,24 @@ def test_growing_a_shipped_zoo_admits_finished_runs_only_keeps_its_members_and_s
     new = [r for r in grown.records if r["provenance"]["run"] == 10]
     assert new[0]["provenance"]["learner"] == "td3 critic 16" and new[0]["provenance"]["group"] == "tiny"
     assert not (tmp_path / "zoo.partial").exists()
+
+
+def test_sample_indices_runs_first_then_snapshots_evenly_and_seeded():
+    from nnae_utils.zoo import sample_indices
+
+    runs = [r for r in range(10) for _ in range(8)] + [10] * 36        # ten 8-snapshot runs and one of 36
+    steps = [s for _ in range(10) for s in range(8)] + list(range(36))
+    assert sample_indices(runs, steps, 0) == list(range(len(runs)))     # 0: every network
+    assert sample_indices(runs, steps, 500) == list(range(len(runs)))   # the cap does not bind
+    picked = sample_indices(runs, steps, 22, seed=3)
+    per_run = np.bincount(np.asarray(runs)[picked], minlength=11)
+    assert len(picked) == 22 and per_run.tolist() == [2] * 11          # runs weigh the same, not their sizes
+    assert [steps[i] for i in picked if runs[i] == 10] == [0, 35]       # spread over the run's steps
+    few = sample_indices(runs, steps, 8, per_run=2, seed=3)
+    assert len(few) == 8 and len({runs[i] for i in few}) == 4          # four runs drawn, two snapshots each
+    assert few == sample_indices(runs, steps, 8, per_run=2, seed=3)     # deterministic
+    assert few != sample_indices(runs, steps, 8, per_run=2, seed=4)     # and seeded
+    one_run = sample_indices([0] * 36, list(range(36)), 16)
+    assert one_run == np.unique(np.linspace(0, 35, 16).round().astype(int)).tolist()   # = decoded.spread_subset
+    with pytest.raises(ValueError):
+        sample_indices(runs, steps, -1)
