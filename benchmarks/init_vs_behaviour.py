@@ -144,7 +144,8 @@ def main(argv=None) -> None:
         print(f"(b) shared_init: {len(runs)} runs, held out {held}, folds k = {sizes}", flush=True)
         for option in args.options:
             t = lc.fold_curve(sh_folds, sh_nets, sh_labels, held_out_runs=held, configs=configs, pools=S.pools,
-                              option=option, stop_mask=sh_stop, eval_states=S.P.eval_states, seed=S.P.seed,
+                              option=option, stop_mask=sh_stop, returns=[S.returns[i] for i in idx],
+                              eval_states=S.P.eval_states, seed=S.P.seed,
                               save_dir=work / "models", jobs=S.P.jobs, torch_threads=S.P.torch_threads,
                               n_boot=args.n_boot, progress=True)
             tables.append(t.assign(experiment="shared_init", n_train=t["n_train"]))
