@@ -8,7 +8,7 @@ them, in the environment, and compares their returns with their input networks' 
    size and compression ratio. :func:`stage2_variants` reads every variant stage 2 trained (main
    autoencoders, latent-size sweep, loss ablation, PCA baseline); :class:`IdentityCode` is the
    control that must give a retention of exactly 1.
-2. :func:`decode_jobs`: the decoded networks, built with :func:`nnae_utils.autoencoders.decode_network`.
+2. :func:`decode_jobs`: the decoded networks, built with :func:`nnae_utils.layer_codes.decode_network`.
 3. :func:`score_paired`: ONE call of :func:`nnae_utils.rollouts.evaluate` for the input networks and
    every decoded network stacked in one population, all on the same reset seeds (``seeds`` is 1-D,
    so every policy plays exactly the same initial states: the comparison is paired).
@@ -48,7 +48,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import autoencoders as ae
+from .functional_loss import layer_shape, split_layer_vector
+from .layer_codes import FORMS, _as_layer_weights, decode_network, load_layer_autoencoder, load_layer_codes
 from .io import jsonable
 from .policies import Network, NetworkSpec, action_distance, save_network, write_index
 from .rollouts import evaluate
@@ -87,7 +88,7 @@ class IdentityCode:
 
     def __init__(self, spec: NetworkSpec, layer: int, form: str = "flat"):
         self.spec, self.layer, self.form = spec, int(layer), form
-        self.n_out, self.n_in = ae.layer_shape(spec, layer)
+        self.n_out, self.n_in = layer_shape(spec, layer)
 
     @property
     def latent_dim(self) -> int:
@@ -98,12 +99,12 @@ class IdentityCode:
         return 1.0
 
     def encode(self, x: Any) -> np.ndarray:
-        w, b, single = ae._as_layer_weights(x, self.spec, self.layer)
+        w, b, single = _as_layer_weights(x, self.spec, self.layer)
         z = np.concatenate([w.reshape(len(w), -1), b], axis=1).astype(np.float32)
         return z[0] if single else z
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w, b = ae.split_layer_vector(np.asarray(z, np.float32), self.n_out, self.n_in)
+        w, b = split_layer_vector(np.asarray(z, np.float32), self.n_out, self.n_in)
         return w.copy(), b.copy()
 
 
@@ -215,7 +216,7 @@ def _roles_of(text: str) -> set[str]:
 def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: bool = True, pca: bool = True) -> list[Variant]:
     """Every decoding variant stage 2 trained, each once, with all of its roles.
 
-    - ``main``: the main autoencoders (:func:`~nnae_utils.autoencoders.load_layer_codes`), each layer
+    - ``main``: the main autoencoders (:func:`~nnae_utils.layer_codes.load_layer_codes`), each layer
       alone, both forms; ``main_all``: all layers together;
     - ``sweep``: the functional-loss autoencoders of the latent-size sweep (``models.csv``), each layer alone;
     - ``ablation``: the same layer and latent size trained with the other losses;
@@ -238,8 +239,8 @@ def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: boo
         else:
             variants[v.name] = v
 
-    for form in ae.FORMS:
-        codes = ae.load_layer_codes(stage2_dir, form=form)
+    for form in FORMS:
+        codes = load_layer_codes(stage2_dir, form=form)
         ckpt = {i: f"autoencoders/layer{i}_{form}.safetensors" for i in codes}
         for i, code in codes.items():
             row = models[models["checkpoint"] == ckpt[i]]
@@ -252,12 +253,12 @@ def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: boo
         roles = _roles_of(row.roles) & wanted
         if not roles or "main" in _roles_of(row.roles):
             continue  # main autoencoders are already in, with their roles
-        code = ae.load_layer_autoencoder(stage2_dir / row.checkpoint)
+        code = load_layer_autoencoder(stage2_dir / row.checkpoint)
         add(make_variant("autoencoder", code.form, code.config.loss, {code.layer: code}, roles, {code.layer: row.checkpoint}))
     if pca:
         table = pd.read_csv(stage2_dir / "pca.csv")
-        for form in ae.FORMS:
-            bases = ae.load_layer_codes(stage2_dir, form=form, kind="pca")
+        for form in FORMS:
+            bases = load_layer_codes(stage2_dir, form=form, kind="pca")
             ckpt = {i: f"pca/layer{i}_{form}.safetensors" for i in bases}
             for row in table[table["form"] == form].itertuples():
                 layer = int(row.layer)
@@ -305,13 +306,13 @@ def decode_jobs(networks: Mapping[str, Sequence[tuple[str, Network]]], variants:
     """Decode the networks of the splits ``splits_of[variant.name]`` with each variant.
 
     ``networks``: {split: [(id, network), ...]}. Every layer of a variant is encoded from the
-    *input* network's own layer (:func:`~nnae_utils.autoencoders.decode_network`).
+    *input* network's own layer (:func:`~nnae_utils.layer_codes.decode_network`).
     """
     jobs = []
     for v in variants:
         for split in splits_of.get(v.name, ()):
             for source_id, net in networks.get(split, ()):
-                dec = ae.decode_network(net, v.codes)
+                dec = decode_network(net, v.codes)
                 dec.extra_metadata.update({"source_network": source_id, "variant": v.name})
                 jobs.append(DecodeJob(source_id, split, v, dec))
     return jobs

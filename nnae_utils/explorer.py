@@ -23,7 +23,7 @@ comes from its own episode on the same reset seed.
 
 Example:
     >>> from nnae_utils.policies import Network, NetworkSpec
-    >>> from nnae_utils.autoencoders import PCALayerCode
+    >>> from nnae_utils.layer_codes import PCALayerCode
     >>> spec = NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8))
     >>> nets = [Network.random(spec, seed=i) for i in range(6)]
     >>> codes = {1: [("PCA k=2", PCALayerCode.fit(nets[:4], 1, "flat", k=2))]}
@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .autoencoders import network_from_latents
+from .layer_codes import network_from_latents
 from .policies import Network
 from .rollouts import evaluate
 
@@ -55,7 +55,7 @@ class CodeOption:
     label: str
     """What the menu shows, e.g. ``flat k=76 (10.1x)``."""
     code: Any
-    """A layer code (:class:`~nnae_utils.autoencoders.LayerAutoencoder` or ``PCALayerCode``)."""
+    """A layer code (:class:`~nnae_utils.layer_codes.LayerAutoencoder` or ``PCALayerCode``)."""
     directions: np.ndarray
     """(D, latent_dim) orthonormal principal directions of the train networks' codes, largest first."""
     scales: np.ndarray

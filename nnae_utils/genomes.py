@@ -80,7 +80,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.fft
 
-from .policies import Network, NetworkSpec, forward, stack_params
+from .policies import Network, NetworkSpec, action_distance, layer_vector, stack_params
 
 KINDS = ("weights", "latent", "pca", "random", "dct")
 """Genome kinds: all weights; autoencoder latent; and the three low-dimensional controls."""
@@ -98,18 +98,12 @@ def mean_network(nets: Sequence[Network]) -> Network:
     return Network(spec, {k: v.mean(axis=0).astype(np.float32) for k, v in params.items()})
 
 
-def layer_vector_of(net: Network, layer: int) -> np.ndarray:
-    """``concat(W.ravel(), b)`` of linear layer ``layer``."""
-    w, b = net.layer(layer)
-    return np.concatenate([w.ravel(), b])
-
-
 def _layer_vectors(x: Any, spec: NetworkSpec, layer: int) -> np.ndarray:
     """(P, n) layer vectors from a Network, a list of Networks, or vectors (n,) / (P, n)."""
     if isinstance(x, Network):
-        return layer_vector_of(x, layer)[None]
+        return layer_vector(x, layer)[None]
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], Network):
-        return np.stack([layer_vector_of(n, layer) for n in x])
+        return np.stack([layer_vector(n, layer) for n in x])
     v = np.asarray(x, np.float64)
     return v[None] if v.ndim == 1 else v
 
@@ -789,7 +783,7 @@ def build_genome(
     if kind in ("latent", "pca") or latent_dims is None:
         if stage2_dir is None:
             raise ValueError(f"genome {name!r} needs stage 2's folder (stage2_dir)")
-        from .autoencoders import load_layer_codes  # deferred: torch is needed only for these genomes
+        from .layer_codes import load_layer_codes  # deferred: torch is needed only for these genomes
 
         ae_codes = load_layer_codes(stage2_dir, form, "autoencoder")
         dims = {i: int(c.latent_dim) for i, c in ae_codes.items()}
@@ -798,14 +792,14 @@ def build_genome(
     if kind == "latent":
         codes = {i: ae_codes[i] for i in layers}
     elif kind == "pca":
-        from .autoencoders import load_layer_codes
+        from .layer_codes import load_layer_codes
 
         pca = load_layer_codes(stage2_dir, form, "pca")
         codes = {i: pca[i] for i in layers}
     elif kind == "random":
-        codes = {i: RandomSubspaceCode(spec, i, layer_vector_of(centre_net, i), dims[i], seed=seed * 1000 + i) for i in layers}
+        codes = {i: RandomSubspaceCode(spec, i, layer_vector(centre_net, i), dims[i], seed=seed * 1000 + i) for i in layers}
     else:  # dct
-        codes = {i: DCTCode(spec, i, layer_vector_of(centre_net, i), dims[i]) for i in layers}
+        codes = {i: DCTCode(spec, i, layer_vector(centre_net, i), dims[i]) for i in layers}
     return LayerCodeGenome(kind, f"{kind}:{token}", codes, centre_net, train)
 
 
@@ -878,17 +872,6 @@ def mutate(z: np.ndarray, sigma: float, scale: np.ndarray, rng: np.random.Genera
     """Gaussian mutation ``z + sigma * scale * N(0, 1)`` of one vector (dim,) or many (P, dim)."""
     z = np.asarray(z, np.float64)
     return z + sigma * scale * rng.standard_normal(z.shape)
-
-
-def action_distance(parents: Sequence[Network], children: Sequence[Network], states: np.ndarray) -> np.ndarray:
-    """Per pair, the mean over states of the L2 distance between the two networks' actions (the
-    paper's functional loss, here between a parent and its child)."""
-    _, pa = stack_params(list(parents))
-    _, ch = stack_params(list(children))
-    spec = parents[0].spec
-    x = np.broadcast_to(np.asarray(states, np.float32), (len(parents), *np.shape(states)))
-    ya, yc = forward(spec, pa, x), forward(spec, ch, x)
-    return np.linalg.norm(yc.astype(np.float64) - ya, axis=-1).mean(axis=-1)
 
 
 def calibrate_sigma(genome: Genome | Sequence[Genome], parents: np.ndarray, states: np.ndarray, target: float, *,

@@ -325,6 +325,13 @@ def stack_params(networks: Sequence[Network]) -> tuple[NetworkSpec, dict[str, np
     return spec, {name: np.stack([n.params[name] for n in networks]) for name in spec.tensor_shapes()}
 
 
+def layer_vector(net: Network, layer: int) -> np.ndarray:
+    """Layer ``layer``'s weights and bias as one vector ``concat(W.ravel(), b)`` (float32): the flat
+    autoencoders' input and the centre of the subspace genomes."""
+    weight, bias = net.layer(layer)
+    return np.concatenate([weight.ravel(), bias]).astype(np.float32)
+
+
 def action_distance(parents: Sequence[Network], children: Sequence[Network], states: np.ndarray) -> np.ndarray:
     """Per pair ``(parents[i], children[i])``, the mean over ``states`` of the L2 distance between the two
     networks' actions: the paper's functional loss, which measures a mutation (parent and child), a
@@ -398,6 +405,28 @@ def _torch():
     import torch  # deferred: numpy-only users (evaluation, re-scoring) never pay for importing torch
 
     return torch
+
+
+def mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str = "relu"):
+    """A plain torch MLP ``Linear -> activation -> ... -> Linear`` with ``hidden`` widths (TD3's critics
+    with ReLU, the layer autoencoders' encoders and decoders with ELU).
+
+    Example:
+        >>> mlp(4, [8], 2, "elu")
+        Sequential(
+          (0): Linear(in_features=4, out_features=8, bias=True)
+          (1): ELU(alpha=1.0)
+          (2): Linear(in_features=8, out_features=2, bias=True)
+        )
+    """
+    nn = _torch().nn
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}[activation]
+    layers = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), act()]
+        n_in = h
+    layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
 
 
 def make_actor(spec: NetworkSpec):

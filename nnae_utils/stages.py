@@ -319,7 +319,7 @@ class LayerAEParams(StageParams):
     STAGE: typing.ClassVar[str] = "layer_autoencoders"
     SYMMETRIES: typing.ClassVar[tuple[str, ...]] = ("none", "align", "align_runs", "augment", "canonical")
     """How the hidden units' arbitrary order (and ReLU scale) is handled: the options of ``symmetry``
-    (:mod:`nnae_utils.autoencoders` implements them and refers to this tuple)."""
+    (:mod:`nnae_utils.symmetry` implements them and refers to this tuple)."""
 
     main_ratio: float = 10.0
     """Compression ratio (layer parameters per latent dimension) of the main autoencoders: curves, ablations, and the checkpoints stages 3 and 4 load."""

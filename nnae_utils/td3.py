@@ -65,7 +65,7 @@ from torch.nn import functional as F
 
 from .backends import torch_threads
 from .io import atomic_write, atomic_write_path, write_json
-from .policies import ACTIVATIONS, Network, NetworkSpec, actor_to_network, make_actor, save_network
+from .policies import ACTIVATIONS, Network, NetworkSpec, actor_to_network, make_actor, mlp, save_network
 from .provenance import runtime_versions
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -371,23 +371,14 @@ class ReplayBuffer:
 # --------------------------------------------------------------------------- networks and learner
 
 
-def _mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(n_in, h), nn.ReLU()]
-        n_in = h
-    layers.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*layers)
-
-
 class TwinCritic(nn.Module):
     """Two independent Q-networks Q(s, a) = MLP([s, a]) (ReLU), as in TD3's clipped double-Q."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256)):
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = int(obs_dim), int(act_dim), tuple(int(h) for h in hidden)
-        self.q1 = _mlp(obs_dim + act_dim, self.hidden, 1)
-        self.q2 = _mlp(obs_dim + act_dim, self.hidden, 1)
+        self.q1 = mlp(obs_dim + act_dim, self.hidden, 1)
+        self.q2 = mlp(obs_dim + act_dim, self.hidden, 1)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, actions], dim=-1)
