@@ -383,6 +383,15 @@ class Genome:
     def decode(self, z: np.ndarray) -> Network | list[Network]:
         raise NotImplementedError
 
+    def _as_batch(self, z, what: str = "vectors") -> tuple[np.ndarray, bool]:
+        """``z`` as a (n, dim) float64 batch, and whether it was a single vector; a wrong width is refused."""
+        z = np.asarray(z, np.float64)
+        single = z.ndim == 1
+        z2 = z[None] if single else z
+        if z2.shape[1] != self.dim:
+            raise ValueError(f"{self.name} {what} have {self.dim} numbers, got shape {z.shape}")
+        return z2, single
+
     def encode(self, nets: Network | Sequence[Network]) -> np.ndarray:
         raise NotImplementedError
 
@@ -509,11 +518,7 @@ class LayerCodeGenome(Genome):
         return int(self._live.sum())
 
     def decode(self, z):
-        z = np.asarray(z, np.float64)
-        single = z.ndim == 1
-        z2 = z[None] if single else z
-        if z2.shape[1] != self.dim:
-            raise ValueError(f"{self.name} vectors have {self.dim} numbers, got shape {z.shape}")
+        z2, single = self._as_batch(z)
         decoded = {i: self.codes[i].decode(z2[:, self.slices[i]]) for i in self.layers}  # each layer's block, batched
         nets = []
         for p in range(len(z2)):
@@ -595,11 +600,7 @@ class ExactStartGenome(Genome):
         return np.asarray(w, np.float64) - w0, np.asarray(b, np.float64) - b0
 
     def decode(self, z):
-        z = np.asarray(z, np.float64)
-        single = z.ndim == 1
-        z2 = z[None] if single else z
-        if z2.shape[1] != self.dim:
-            raise ValueError(f"{self.name} vectors have {self.dim} numbers, got shape {z.shape}")
+        z2, single = self._as_batch(z)
         params = [dict(self.start.params) for _ in range(len(z2))]  # the start's own arrays, until a layer moves
         for i in self.layers:
             block = z2[:, self.slices[i]]
@@ -682,11 +683,7 @@ class AnchoredGenome(Genome):
         return self._around[a]
 
     def decode(self, z):
-        z = np.asarray(z, np.float64)
-        single = z.ndim == 1
-        z2 = z[None] if single else z
-        if z2.shape[1] != self.dim:
-            raise ValueError(f"{self.name} (anchored) vectors have {self.dim} numbers, got shape {z.shape}")
+        z2, single = self._as_batch(z, "(anchored) vectors")
         ids = z2[:, 0].astype(np.int64)
         if np.any(ids != z2[:, 0]) or ids.min() < 0 or ids.max() > len(self.anchors):
             raise ValueError(f"anchor indices must be integers in [0, {len(self.anchors)}], got {np.unique(z2[:, 0])}")
