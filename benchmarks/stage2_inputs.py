@@ -38,6 +38,19 @@ class Stage2Inputs:
         return sorted({lab for lab, s, stop in zip(self.labels, self.split, self.stop_mask) if s == "train" and not stop})
 
 
+def stage2_plan(P, spec):
+    """Notebook 02's experiment plan and training settings from its parameters ``P`` (a LayerAEParams)."""
+    train_kwargs = dict(lr=P.lr, max_epochs=P.max_epochs, steps_per_epoch=P.steps_per_epoch,
+                        networks_per_batch=P.networks_per_batch, states_per_batch=P.states_per_batch, patience=P.patience,
+                        min_delta=P.min_delta, weight_loss_coef=P.weight_loss_coef, dagger_every=P.dagger_every,
+                        dagger_networks=P.dagger_networks, dagger_fraction=P.dagger_fraction,
+                        dagger_max_steps=P.rollout_max_steps, seed=P.seed)
+    plan, _ = ae.plan_experiments(spec, main_ratio=P.main_ratio, sweep_ratios=P.sweep_ratios,
+                                  max_flat_latent=P.max_flat_latent, flat_hidden=P.flat_hidden,
+                                  token_hidden=P.token_hidden, **train_kwargs)
+    return plan, train_kwargs
+
+
 def load_stage2_inputs(run_dir: Path, profile: str = "default", overrides: dict | None = None) -> Stage2Inputs:
     P = resolve_params(load_profile(profile), {}, run_dir)["layer_autoencoders"]
     if overrides:
@@ -51,14 +64,7 @@ def load_stage2_inputs(run_dir: Path, profile: str = "default", overrides: dict 
     pools = ae.split_states(dataset.states, dataset.is_random, dataset.owner, split, seed=P.seed)
     holdout_ids = set(Z.holdout_snapshots(P.holdout_every)) if P.stop_on == "train_holdout" else set()
     lineage = {r.id: f"run{r.run}" if r.kind == "td3_snapshot" else r.id for r in frame.itertuples()}
-    train_kwargs = dict(lr=P.lr, max_epochs=P.max_epochs, steps_per_epoch=P.steps_per_epoch,
-                        networks_per_batch=P.networks_per_batch, states_per_batch=P.states_per_batch, patience=P.patience,
-                        min_delta=P.min_delta, weight_loss_coef=P.weight_loss_coef, dagger_every=P.dagger_every,
-                        dagger_networks=P.dagger_networks, dagger_fraction=P.dagger_fraction,
-                        dagger_max_steps=P.rollout_max_steps, seed=P.seed)
-    plan, _ = ae.plan_experiments(Z.networks[0].spec, main_ratio=P.main_ratio, sweep_ratios=P.sweep_ratios,
-                                  max_flat_latent=P.max_flat_latent, flat_hidden=P.flat_hidden,
-                                  token_hidden=P.token_hidden, **train_kwargs)
+    plan, train_kwargs = stage2_plan(P, Z.networks[0].spec)
     import json
     splits = json.loads((data_dir / "zoo" / "splits.json").read_text())
     return Stage2Inputs(P, Z, dataset, splits, split, [lineage[r["id"]] for r in Z.records],

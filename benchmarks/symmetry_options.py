@@ -27,6 +27,7 @@ from nnae_utils import autoencoders as ae
 from nnae_utils.pipeline import load_profile, resolve_params
 from nnae_utils.states import StateDataset
 from nnae_utils.zoo import load_zoo
+from stage2_inputs import stage2_plan  # benchmarks/ is the script folder, first on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,14 +59,7 @@ def main(argv=None) -> None:
     lineage = {r.id: f"run{r.run}" if r.kind == "td3_snapshot" else r.id for r in frame.itertuples()}
     groups = {s: [lineage[Z.records[i]["id"]] for i in idx] for s, idx in trained.items()}
     groups["holdout"] = [lineage[r["id"]] for r in Z.records if r["id"] in holdout_ids]
-    train_kwargs = dict(lr=P.lr, max_epochs=P.max_epochs, steps_per_epoch=P.steps_per_epoch,
-                        networks_per_batch=P.networks_per_batch, states_per_batch=P.states_per_batch, patience=P.patience,
-                        min_delta=P.min_delta, weight_loss_coef=P.weight_loss_coef, dagger_every=P.dagger_every,
-                        dagger_networks=P.dagger_networks, dagger_fraction=P.dagger_fraction,
-                        dagger_max_steps=P.rollout_max_steps, seed=P.seed)
-    plan, _ = ae.plan_experiments(Z.networks[0].spec, main_ratio=P.main_ratio, sweep_ratios=P.sweep_ratios,
-                                  max_flat_latent=P.max_flat_latent, flat_hidden=P.flat_hidden,
-                                  token_hidden=P.token_hidden, **train_kwargs)
+    plan, train_kwargs = stage2_plan(P, Z.networks[0].spec)
     configs = [r.config for r in plan if "main" in r.roles]
     reference = Z.networks[max(trained["train"], key=lambda i: Z.records[i]["return_mean"])]
     print(f"train {len(nets['train'])}, validation {len(nets['validation'])}, held-out snapshots {len(held)}; "
