@@ -171,12 +171,13 @@ def test_benchmark_page_reads_the_committed_results_and_says_what_is_missing(tmp
     page = pipeline.benchmarks_markdown(tmp_path)
     for heading in ("Our TD3 against stable-baselines3", "Batched Hopper-v5 rollouts", "What a zoo network costs",
                     "DAgger students against snapshots, in weight space", "The functional loss",
-                    "Training with the functional loss: learning rate and variants"):
+                    "Training with the functional loss: learning rate and variants",
+                    "Which TD3 learner grows the zoo", "Symmetry options of the layer autoencoders"):
         assert f"## {heading}" in page
     assert "No committed result" not in page  # every benchmark has a committed result
     assert (tmp_path / "td3_vs_sb3.png").is_file()
     monkeypatch.setattr(pipeline, "BENCHMARK_RESULTS", tmp_path / "nothing")
-    assert pipeline.benchmarks_markdown(tmp_path).count("No committed result") == 6
+    assert pipeline.benchmarks_markdown(tmp_path).count("No committed result") == 8
 
 
 @pytest.mark.slow

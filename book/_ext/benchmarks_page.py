@@ -134,4 +134,57 @@ def markdown(results: Path, figures: Path) -> str:
                            f"| {'not measured' if saturated is None else f'{saturated:.0%}'} |")
     else:
         out.append(missing)
+    out += _zoo_learners(results, missing)
+    out += _symmetry_options(results, missing)
     return "\n".join(out) + "\n"
+
+
+def _zoo_learners(results: Path, missing: str) -> list[str]:
+    """Which TD3 learner grows the zoo cheapest (issue 27), and the ensemble trainer's own speed."""
+    out = ["\n## Which TD3 learner grows the zoo\n\n`python benchmarks/zoo_learners.py`, "
+           "`python benchmarks/td3_ensemble_loop.py`\n"]
+    learners = _read_result(results, "zoo_learners.json")
+    if not learners:
+        return out + [missing]
+    out.append(f"CPU core-hours of real zoo runs (same protocol: actor 64-64 relu, selection evaluation every 5000 "
+               f"steps), to the first evaluation at or above {learners['bar']:.0f} and to the "
+               f"{learners['candidates_k']}th candidate (where a grown run stops). A run is admitted when at least "
+               f"{learners['min_kept']} of its candidates pass the zoo's admission and report seeds; the cost per "
+               "admitted run charges every finished run, failures included, to the admitted ones. An ensemble's run "
+               "is charged its share of the process's CPU.\n")
+    out.append("| learner | finished runs | admitted | core-h to the bar (median) | core-h per admitted run |\n|---|---|---|---|---|")
+    for l in learners["learners"]:
+        label = f"critic {'-'.join(map(str, l['critic_hidden']))}" + (f", ensemble of {l['ensemble']}" if l["ensemble"] > 1 else "")
+        per_run = l.get("core_h_per_admitted_run")
+        to_bar = l.get("median_core_h_to_bar")
+        out.append(f"| {label} | {l['finished_runs']} of {len(l['seeds'])} | {l['admitted_runs']} "
+                   f"| {'n/a' if to_bar is None else f'{to_bar:.2f}'} | {'n/a' if per_run is None else f'{per_run:.2f}'} |")
+    chosen = learners.get("chosen")
+    out.append(f"\nChosen learner: **{chosen['name']}**." if chosen else
+               f"\nNo learner chosen yet: the rule waits for {learners['min_runs']} finished runs of every learner "
+               f"(cheapest so far: {learners.get('leader_so_far') or 'none'}).")
+    loop = _read_result(results, "td3_ensemble_loop.json")
+    if loop:
+        s = loop["summary"]
+        out.append(f"\nThe ensemble trainer against single runs in the same run (whole training loop): "
+                   f"{s['ratio_cpu']:.2f}x the member-steps per CPU-second, {s['ratio_wall']:.2f}x per wall-second "
+                   f"(load average {loop['load_average_before'][0]:.1f} at the start: other work shared the machine).")
+    return out
+
+
+def _symmetry_options(results: Path, missing: str) -> list[str]:
+    """Stage 2's symmetry options on a held-out run and on held-out snapshots (issue 29)."""
+    out = ["\n## Symmetry options of the layer autoencoders\n\n`python benchmarks/symmetry_options.py`\n"]
+    path = results / "symmetry_options_default.csv"
+    if not path.is_file():
+        return out + [missing]
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    out.append("Functional loss over the mean layer's (1 = no better than predicting the mean layer), on the "
+               "validation run (never trained on) and on held-out snapshots of the train runs, per option, layer and "
+               "form, on the default profile's zoo.\n")
+    out.append("| option | layer | form | latent | validation run | held-out snapshots |\n|---|---|---|---|---|---|")
+    out += [f"| {r.symmetry} | {r.layer} | {r.form} | {r.latent_dim} | {r.val_over_mean_layer:.2f} "
+            f"| {r.holdout_over_mean_layer:.2f} |" for r in table.itertuples()]
+    return out
