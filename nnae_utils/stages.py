@@ -370,6 +370,28 @@ class LayerAEParams(StageParams):
     learning_curve_k: list[int] = field(default_factory=list)
     """Numbers of train runs k of the learning curve (issue 29): for each, the zoo's leave-runs-out folds of k train runs (splits.json; on a zoo without folds, up to 3 subsets drawn from its train runs) retrain the main flat autoencoders (no symmetry option) on those runs only, measured on the validation runs (nnae_utils.learning_curve); empty: no learning curve."""
 
+    def holdout_spacing(self) -> int | None:
+        """Every how many snapshots of each train run stage 2 holds out of training: ``holdout_every`` with
+        ``stop_on: train_holdout``, None (no snapshot held out) with ``stop_on: validation``."""
+        return self.holdout_every if self.stop_on == "train_holdout" else None
+
+    def training_settings(self) -> dict[str, Any]:
+        """What every stage-2 autoencoder trains with, as keyword arguments of
+        :class:`nnae_utils.layer_codes.LayerAEConfig` (whose ``dagger_max_steps`` this stage calls
+        ``rollout_max_steps``; the stage's ``seed`` is each model's, which derives its own from it).
+        The one place they are read: notebook 02 and the stage-2 benchmarks build their models from it."""
+        return dict(lr=self.lr, max_epochs=self.max_epochs, steps_per_epoch=self.steps_per_epoch,
+                    networks_per_batch=self.networks_per_batch, states_per_batch=self.states_per_batch,
+                    patience=self.patience, min_delta=self.min_delta, weight_loss_coef=self.weight_loss_coef,
+                    dagger_every=self.dagger_every, dagger_networks=self.dagger_networks,
+                    dagger_fraction=self.dagger_fraction, dagger_max_steps=self.rollout_max_steps, seed=self.seed)
+
+    def plan_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`nnae_utils.autoencoders.plan_experiments`: the main, sweep and
+        ablation models' sizes, and :meth:`training_settings`."""
+        return dict(main_ratio=self.main_ratio, sweep_ratios=list(self.sweep_ratios), max_flat_latent=self.max_flat_latent,
+                    flat_hidden=self.flat_hidden, token_hidden=self.token_hidden, **self.training_settings())
+
     def validate(self) -> None:
         if any(int(k) != k or k < 1 for k in self.learning_curve_k) or len(set(self.learning_curve_k)) != len(self.learning_curve_k):
             raise ParameterError(f"layer_autoencoders: learning_curve_k must list distinct positive integers, got {self.learning_curve_k!r}")

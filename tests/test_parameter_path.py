@@ -4,7 +4,7 @@ nobody, and the config field it used to fill would silently run at its default. 
 every stage notebook and fail on either, and on a stage and its algorithm disagreeing about a default.
 
 A parameter is *consumed* when its notebook reads it (``P.<name>``, outside the papermill parameters
-cell), or when the notebook builds a config through ``P.settings_for(Config, ...)`` or
+cell), or calls a method of its parameters that reads it (``P.training_settings()`` reads ``self.lr``), or when the notebook builds a config through ``P.settings_for(Config, ...)`` or
 ``P.run_config(...)`` that has a field of its name (or, for ``run_config``, of the names in
 ``CONFIG_NAMES``) which that call does not set itself.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import json
 import re
 from pathlib import Path
@@ -71,9 +72,27 @@ def defaults(cls: type) -> dict[str, object]:
     return out
 
 
+def read_by_methods(params_cls: type, code: str) -> set[str]:
+    """Names that the methods of ``params_cls`` the notebook ``code`` calls (``P.<method>(``) read as
+    ``self.<name>``, followed through the methods those call on ``self``."""
+    called, read = set(), set()
+    todo = set(re.findall(r"\bP\.(\w+)\(", code))
+    while todo:
+        name = todo.pop()
+        method = getattr(params_cls, name, None)
+        if name in called or not inspect.isfunction(method):
+            continue
+        called.add(name)
+        used = set(re.findall(r"\bself\.(\w+)\b", inspect.getsource(method)))
+        read |= used
+        todo |= used
+    return read
+
+
 def unconsumed_parameters(params_cls: type, code: str) -> list[str]:
-    """Parameters of ``params_cls`` that neither the notebook ``code`` nor any config it builds reads."""
-    through_configs = set()
+    """Parameters of ``params_cls`` that neither the notebook ``code``, the methods of its parameters it
+    calls, nor any config it builds reads."""
+    through_configs = read_by_methods(params_cls, code)
     for config, set_here, _ in config_calls(code, params_cls):
         through_configs |= {f.name for f in dataclasses.fields(config)} - set_here - {"seed"}
     renamed = set(getattr(params_cls, "CONFIG_NAMES", {})) if any(
@@ -136,3 +155,22 @@ def test_cerl_params_build_the_run_config_and_validate_with_its_checks():
         stages.CERLParams.from_mapping({"max_episode_steps": 0})
     with pytest.raises(stages.ParameterError, match="learner_episodes > 0"):  # TD3 alone's check, from CERLConfig
         stages.CERLParams.from_mapping({"variants": ["td3"], "learner_episodes": 0})
+
+
+def test_stage2_models_take_their_training_settings_from_the_stage_parameters():
+    """One home for stage 2's training settings (``LayerAEParams.training_settings``, used by notebook 02 and
+    the stage-2 benchmarks): every field of the models' config is a parameter, set per model by the plan, or
+    left at its default on purpose."""
+    from nnae_utils import autoencoders as ae
+    from nnae_utils.policies import NetworkSpec
+
+    P = stages.LayerAEParams(lr=1e-3, rollout_max_steps=123, dagger_fraction=0.25, seed=4)
+    plan, _ = ae.plan_experiments(NetworkSpec(obs_dim=11, act_dim=3, hidden=(8, 8)), **P.plan_settings())
+    config = plan[0].config
+    assert (config.lr, config.dagger_max_steps, config.dagger_fraction, config.seed) == (1e-3, 123, 0.25, 4)
+    per_model = {"layer", "form", "latent", "hidden", "loss"}  # plan_experiments sets them for each model
+    on_purpose = {"dagger_buffer", "symmetry"}  # the buffer's size; the option, set by train_symmetry_options
+    fields = {f.name for f in dataclasses.fields(ae.LayerAEConfig)}
+    assert fields - set(P.training_settings()) - per_model == on_purpose
+    assert stages.LayerAEParams(stop_on="validation").holdout_spacing() is None
+    assert stages.LayerAEParams(stop_on="train_holdout", holdout_every=3).holdout_spacing() == 3
