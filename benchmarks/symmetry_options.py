@@ -25,9 +25,6 @@ import torch
 
 from nnae_utils import autoencoders as ae
 from nnae_utils.pipeline import load_profile, resolve_params
-from nnae_utils.states import StateDataset
-from nnae_utils.zoo import load_zoo
-from stage2_inputs import stage2_plan  # benchmarks/ is the script folder, first on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,37 +41,24 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     P = resolve_params(load_profile(args.profile), {}, args.run_dir)["layer_autoencoders"]
     torch.set_num_threads(P.torch_threads)
-    data_dir = args.run_dir / "01_data"
-    Z = load_zoo(data_dir / "zoo")
-    dataset = StateDataset.load(data_dir / "states.npz")
-    frame = Z.frame()
-    split_of = frame.set_index("id")["split"]
     # as notebook 02: the state pools, the held-out train snapshots, the networks each split trains on
-    pools = ae.split_states(dataset.states, dataset.is_random, dataset.owner, [split_of[r["id"]] for r in Z.records], seed=P.seed)
-    holdout_ids = set(Z.holdout_snapshots(P.holdout_every)) if P.stop_on == "train_holdout" else set()
-    trained = {s: [i for i, r in enumerate(Z.records) if split_of[r["id"]] == s and r["id"] not in holdout_ids]
-               for s in ("train", "validation")}
-    nets = {s: [Z.networks[i] for i in idx] for s, idx in trained.items()}
-    held = [n for n, r in zip(Z.networks, Z.records) if r["id"] in holdout_ids]
-    lineage = {r.id: f"run{r.run}" if r.kind == "td3_snapshot" else r.id for r in frame.itertuples()}
-    groups = {s: [lineage[Z.records[i]["id"]] for i in idx] for s, idx in trained.items()}
-    groups["holdout"] = [lineage[r["id"]] for r in Z.records if r["id"] in holdout_ids]
-    plan, train_kwargs = stage2_plan(P, Z.networks[0].spec)
+    data = ae.StageData.load(args.run_dir / "01_data", seed=P.seed, holdout_every=P.holdout_spacing())
+    nets, held, spec = data.nets, data.held, data.spec
+    plan, _ = ae.plan_experiments(spec, **P.plan_settings())
     configs = [r.config for r in plan if "main" in r.roles]
-    reference = Z.networks[max(trained["train"], key=lambda i: Z.records[i]["return_mean"])]
     print(f"train {len(nets['train'])}, validation {len(nets['validation'])}, held-out snapshots {len(held)}; "
           f"options {args.options}", flush=True)
     start = time.perf_counter()
-    runs = ae.train_symmetry_options(args.options, configs, {**nets, "holdout": held}, pools, reference,
+    runs = ae.train_symmetry_options(args.options, configs, {**nets, "holdout": held}, data.pools, data.reference(),
                                      eval_states=P.eval_states, seed=P.seed, save_dir=args.run_dir / "_work" / "symmetry_options",
-                                     jobs=P.jobs, torch_threads=P.torch_threads, progress=False, groups=groups)
+                                     jobs=P.jobs, torch_threads=P.torch_threads, progress=False, groups=data.groups())
     rows = [row for run in runs.values() for row in run.rows()]
     if args.equivariant:
-        spec = Z.networks[0].spec
         eq = [ae.LayerAEConfig(layer=layer, form="equivariant", hidden=args.equivariant_hidden,
-                               latent=ae.latent_for_ratio(spec, layer, "equivariant", P.main_ratio)[0], **train_kwargs)
+                               latent=ae.latent_for_ratio(spec, layer, "equivariant", P.main_ratio)[0], **P.training_settings())
               for layer in range(spec.n_layers)]
-        eq_run = ae.train_symmetry_options(["none"], eq, {**nets, "holdout": held}, pools, reference, eval_states=P.eval_states,
+        eq_run = ae.train_symmetry_options(["none"], eq, {**nets, "holdout": held}, data.pools, data.reference(),
+                                           eval_states=P.eval_states,
                                            seed=P.seed, save_dir=args.run_dir / "_work" / "symmetry_options", jobs=P.jobs,
                                            torch_threads=P.torch_threads, progress=False)["none"]
         rows += [{**row, "symmetry": "none (equivariant form)"} for row in eq_run.rows()]
@@ -84,8 +68,8 @@ def main(argv=None) -> None:
     print(f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
     print("training seconds per option (sum of its 6 models):")
     print(table.groupby("symmetry", sort=False)["wall_seconds"].sum().round(0).to_string())
-    order = pd.MultiIndex.from_product([args.options, ae.FORMS]).append(
-        pd.MultiIndex.from_tuples([("none (equivariant form)", "equivariant")] if args.equivariant else []))
+    order = pd.MultiIndex.from_tuples([(option, form) for option in args.options for form in ae.FORMS]
+                                      + ([("none (equivariant form)", "equivariant")] if args.equivariant else []))
     for col in ("val_over_mean_layer", "holdout_over_mean_layer", "val_functional", "train_functional"):
         if col in table:
             print(col)

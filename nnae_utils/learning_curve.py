@@ -50,6 +50,18 @@ def folds_from_runs(train_runs: Sequence[Any], sizes: Sequence[int] = (1,), per_
     return [{**f, "runs": [labels[i] for i in f["runs"]]} for f in run_folds(range(len(labels)), sizes, per_size, seed=seed)]
 
 
+def stage_folds(zoo_splits: Mapping[str, Any], train_runs: Sequence[Any], sizes: Sequence[int], *, per_size: int = 3,
+                seed: int = 0) -> tuple[list[dict[str, Any]], str]:
+    """Stage 2's learning-curve folds of ``sizes`` train runs, and where they come from: the zoo's
+    leave-runs-out folds (``splits.json``, runs labelled ``run<r>``), or, on a zoo without them, up to
+    ``per_size`` subsets of ``train_runs`` per size (:func:`folds_from_runs`)."""
+    if "folds" in zoo_splits:
+        folds = [{**f, "runs": [f"run{r}" for r in f["runs"]]} for f in zoo_splits["folds"] if f["k"] in sizes]
+        return folds, "the zoo's leave-runs-out folds (splits.json)"
+    folds = folds_from_runs(train_runs, sizes, per_size=per_size, seed=seed)
+    return folds, f"up to {per_size} subsets of the {len(train_runs)} train runs (this zoo's splits.json has no folds)"
+
+
 def network_ratios(code: ae.LayerCode, train: ae.LayerData, held: ae.LayerData, *, over_units: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(functional loss, mean-layer loss) of each network of ``held``: the code's, and that of the mean
     layer of ``train``'s networks (``over_units`` as :func:`nnae_utils.autoencoders.mean_layer_loss`)."""

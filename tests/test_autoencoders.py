@@ -636,3 +636,30 @@ def test_the_flat_form_trains_on_the_shipped_zoo_with_the_default_learning_rate(
     mean_layer = ae.mean_layer_loss(data, data, 1)
     assert result.best["train_functional"] < 0.5 * mean_layer, (result.best, mean_layer)
     assert result.history[-1]["train_weight_mse"] < 10.0  # no blown-up decoded layers at the end either
+
+
+def test_stage_data_splits_the_zoo_as_notebook_02_trains_on_it(tmp_path):
+    """StageData (notebook 02 and the stage-2 benchmarks): the held-out train snapshots are out of the train
+    networks, every network is labelled with its run, the reference is the best train network."""
+    import shutil
+
+    from nnae_utils.states import StateDataset
+    from nnae_utils.zoo import load_zoo
+
+    shutil.copytree(PROJECT_ROOT / "zoo" / "hopper-v5", tmp_path / "zoo")
+    zoo = load_zoo(tmp_path / "zoo")
+    owner = np.arange(200) % (len(zoo.records) + 1) - 1  # -1: a random state
+    StateDataset(states(200), owner < 0, owner).save(tmp_path / "states.npz")
+    data = ae.StageData.load(tmp_path, seed=0, holdout_every=3)
+    assert data.holdout_ids == set(zoo.holdout_snapshots(3)) and data.holdout_ids
+    train_ids = [zoo.records[i]["id"] for i in data.trained["train"]]
+    assert set(train_ids) == set(zoo.ids("train")) - data.holdout_ids
+    assert len(data.held) == len(data.holdout_ids) and len(data.groups()["holdout"]) == len(data.holdout_ids)
+    assert data.labels == [f"run{r['provenance']['run']}" for r in zoo.records]  # TD3 snapshots: their run
+    assert data.runs("validation") and not set(data.runs("validation")) & set(data.runs("train"))
+    best = max(data.trained["train"], key=lambda i: zoo.records[i]["return_mean"])
+    assert data.reference() is data.zoo.networks[best]
+    train, val, held = data.layer_data(32, seed=0)
+    assert (len(train.networks), len(val.networks), len(held.networks)) == (len(train_ids), len(data.trained["validation"]), len(data.held))
+    assert ae.StageData.load(tmp_path, seed=0, holdout_every=None).holdout_ids == set()
+    assert list(ae.layer_table(data.spec).index) == list(range(data.spec.n_layers))
