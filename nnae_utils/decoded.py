@@ -8,7 +8,9 @@ them, in the environment, and compares their returns with their input networks' 
    size and compression ratio. :func:`stage2_variants` reads every variant stage 2 trained (main
    autoencoders, latent-size sweep, loss ablation, PCA baseline); :class:`IdentityCode` is the
    control that must give a retention of exactly 1.
-2. :func:`decode_jobs`: the decoded networks, built with :func:`nnae_utils.layer_codes.decode_network`.
+2. :func:`decode_jobs`: the decoded networks, built with :func:`nnae_utils.layer_codes.decode_network`,
+   each input first brought to the hidden-unit symmetry option its variant's codes were trained under
+   (stage 2's choice, recorded in their checkpoints: :func:`code_symmetry`).
 3. :func:`score_paired`: ONE call of :func:`nnae_utils.rollouts.evaluate` for the input networks and
    every decoded network stacked in one population, all on the same reset seeds (``seeds`` is 1-D,
    so every policy plays exactly the same initial states: the comparison is paired).
@@ -19,6 +21,8 @@ them, in the environment, and compares their returns with their input networks' 
 5. :func:`write_decoded`: every scored decoded network in the suite's network format, with an
    ``index.json`` naming its source network, compressed layer(s), form, loss, latent size,
    compression ratio and return.
+6. Stage 3's tables and sentences: the ratios that keep each retention level (:func:`kept_levels`), the
+   goal (:func:`goal_hits`), the loss ablation (:func:`ablation_retention`), and the text notebook 03 glues.
 
 How many episodes? The networks are deterministic, so the only noise in a network's score is the
 reset seed. For a group of ``N`` networks, the paired difference ``d_pe = decoded_pe - input_pe`` has a
@@ -51,9 +55,10 @@ import pandas as pd
 from .functional_loss import layer_shape, split_layer_vector
 from .layer_codes import FORMS, _as_layer_weights, decode_network, load_layer_autoencoder, load_layer_codes
 from .io import jsonable
-from .policies import Network, NetworkSpec, action_distance, save_network, write_index
+from .policies import Network, NetworkSpec, action_distance, load_network, save_network, write_index
 from .rollouts import evaluate
 from .stats import hierarchical_ratio_interval, ratio_interval
+from .symmetry import symmetry_networks
 
 KINDS = ("autoencoder", "pca", "identity")
 GOAL_RATIO = 10.0
@@ -138,6 +143,12 @@ class Variant:
     """Why it is scored (see :data:`ROLES`)."""
     checkpoints: dict[int, str] = field(default_factory=dict)
     """{layer: checkpoint path relative to the stage-2 folder}."""
+    symmetry: str = "none"
+    """The hidden-unit symmetry option its codes were trained under (stage 2's, recorded in their checkpoints):
+    a network is brought to that form (:func:`~nnae_utils.symmetry.symmetry_networks`) before it is encoded."""
+    reference: Network | None = field(default=None, repr=False)
+    """The network that align, align_runs and canonical bring every other to (stage 2's
+    ``symmetry/<option>/reference.safetensors``); None for none and augment."""
 
     @property
     def spec(self) -> NetworkSpec:
@@ -191,14 +202,15 @@ def _variant_name(kind: str, form: str, loss: str, latent: Mapping[int, int], la
 
 
 def make_variant(kind: str, form: str, loss: str, codes: Mapping[int, Any], roles: Iterable[str],
-                 checkpoints: Mapping[int, str] | None = None) -> Variant:
+                 checkpoints: Mapping[int, str] | None = None, symmetry: str = "none",
+                 reference: Network | None = None) -> Variant:
     """A :class:`Variant` named from its parts."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     bad = set(roles) - set(ROLES)
     if bad:
         raise ValueError(f"unknown role(s) {sorted(bad)}; roles: {ROLES}")
-    v = Variant("", kind, form, loss, dict(sorted(codes.items())), set(roles), dict(checkpoints or {}))
+    v = Variant("", kind, form, loss, dict(sorted(codes.items())), set(roles), dict(checkpoints or {}), symmetry, reference)
     v.name = _variant_name(kind, form, loss, v.latent, v.layer_label)
     return v
 
@@ -207,6 +219,26 @@ def identity_variant(spec: NetworkSpec, layers: Sequence[int] | None = None) -> 
     """The control: the given layers (default: all) replaced by themselves."""
     layers = range(spec.n_layers) if layers is None else layers
     return make_variant("identity", "flat", "identity", {i: IdentityCode(spec, i) for i in layers}, {"identity"})
+
+
+NEEDS_REFERENCE = ("align", "align_runs", "canonical")
+"""The symmetry options that bring a network to a reference network before encoding it."""
+
+
+def code_symmetry(codes: Mapping[int, Any], stage2_dir: str | Path) -> tuple[str, Network | None]:
+    """The hidden-unit symmetry option ``codes`` were trained under, as their checkpoints record it (stage 2's
+    :class:`~nnae_utils.layer_codes.LayerAEConfig`; a PCA basis: none), and, for the options of
+    :data:`NEEDS_REFERENCE`, the reference network stage 2 saved for it."""
+    options = {getattr(getattr(code, "config", None), "symmetry", "none") for code in codes.values()}
+    if len(options) != 1:
+        raise ValueError(f"the codes of one variant must share one symmetry option, got {sorted(options)}")
+    option = options.pop()
+    if option not in NEEDS_REFERENCE:
+        return option, None
+    path = Path(stage2_dir) / "symmetry" / option / "reference.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"codes trained under symmetry {option!r} need stage 2's reference network {path}")
+    return option, load_network(path)
 
 
 def _roles_of(text: str) -> set[str]:
@@ -224,7 +256,9 @@ def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: boo
       layers together at the main latent sizes.
 
     A model that plays several roles (the main autoencoder is also the sweep's and the ablation's
-    functional entry) is one variant with several roles.
+    functional entry) is one variant with several roles. Each variant carries the symmetry option its
+    codes were trained under (:func:`code_symmetry`), so that :func:`decode_jobs` encodes a network as
+    stage 2 encoded the networks those codes learnt from.
     """
     stage2_dir = Path(stage2_dir)
     models_csv = stage2_dir / "models.csv"
@@ -245,8 +279,9 @@ def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: boo
         for i, code in codes.items():
             row = models[models["checkpoint"] == ckpt[i]]
             extra = (_roles_of(row["roles"].iloc[0]) & {"sweep", "ablation"}) if len(row) else set()
-            add(make_variant("autoencoder", form, code.config.loss, {i: code}, {"main"} | extra, {i: ckpt[i]}))
-        add(make_variant("autoencoder", form, "functional", codes, {"main_all"}, ckpt))
+            add(make_variant("autoencoder", form, code.config.loss, {i: code}, {"main"} | extra, {i: ckpt[i]},
+                             *code_symmetry({i: code}, stage2_dir)))
+        add(make_variant("autoencoder", form, "functional", codes, {"main_all"}, ckpt, *code_symmetry(codes, stage2_dir)))
     wanted = {"sweep"} if sweep else set()
     wanted |= {"ablation"} if ablation else set()
     for row in models.itertuples():
@@ -254,7 +289,8 @@ def stage2_variants(stage2_dir: str | Path, *, sweep: bool = True, ablation: boo
         if not roles or "main" in _roles_of(row.roles):
             continue  # main autoencoders are already in, with their roles
         code = load_layer_autoencoder(stage2_dir / row.checkpoint)
-        add(make_variant("autoencoder", code.form, code.config.loss, {code.layer: code}, roles, {code.layer: row.checkpoint}))
+        add(make_variant("autoencoder", code.form, code.config.loss, {code.layer: code}, roles, {code.layer: row.checkpoint},
+                         *code_symmetry({code.layer: code}, stage2_dir)))
     if pca:
         table = pd.read_csv(stage2_dir / "pca.csv")
         for form in FORMS:
@@ -302,16 +338,21 @@ def spread_subset(items: Sequence[Any], at_most: int) -> list[Any]:
 
 
 def decode_jobs(networks: Mapping[str, Sequence[tuple[str, Network]]], variants: Sequence[Variant],
-                splits_of: Mapping[str, Sequence[str]]) -> list[DecodeJob]:
+                splits_of: Mapping[str, Sequence[str]], runs: Mapping[str, Any] | None = None) -> list[DecodeJob]:
     """Decode the networks of the splits ``splits_of[variant.name]`` with each variant.
 
     ``networks``: {split: [(id, network), ...]}. Every layer of a variant is encoded from the
-    *input* network's own layer (:func:`~nnae_utils.layer_codes.decode_network`).
+    *input* network's own layer (:func:`~nnae_utils.layer_codes.decode_network`), once the network is
+    in the form the variant's symmetry option trained its codes on (aligned or canonical; the same
+    actions): ``runs`` ({id: training run}) groups the networks of align_runs, one permutation per run.
     """
     jobs = []
     for v in variants:
         for split in splits_of.get(v.name, ()):
-            for source_id, net in networks.get(split, ()):
+            pairs = list(networks.get(split, ()))
+            groups = [runs[source_id] for source_id, _ in pairs] if runs is not None else None
+            inputs = symmetry_networks(v.symmetry, [net for _, net in pairs], v.reference, groups) if pairs else []
+            for (source_id, _), net in zip(pairs, inputs):
                 dec = decode_network(net, v.codes)
                 dec.extra_metadata.update({"source_network": source_id, "variant": v.name})
                 jobs.append(DecodeJob(source_id, split, v, dec))
@@ -501,6 +542,165 @@ def highest_ratio_kept(ratios: Sequence[float], retentions: Sequence[float], thr
             break
         stays = float(ri)
     return {"stays": stays, "any": float(r[ok].max()) if ok.any() else None}
+
+
+# --------------------------------------------------------------------------- stage 3's tables and sentences
+
+
+def percent(x: float | None) -> str:
+    """A retention as a whole percentage, ``n/a`` when missing."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.0%}"
+
+
+def format_ratio(ratio: float | None) -> str:
+    """A compression ratio as ``10.0x``; ``none`` when no tested ratio qualifies."""
+    return "none" if ratio is None else f"{ratio:.1f}x"
+
+
+def interval_text(row: Mapping[str, Any]) -> str:
+    """A group's retention with its interval: ``97% [93%, 101%]``."""
+    return f"{percent(row['retention'])} [{percent(row['low'])}, {percent(row['high'])}]"
+
+
+def zoo_sentence(returns: Sequence[float], solved_return: float) -> str:
+    """The zoo's returns for the text, with a warning when fewer than half of its networks solve Hopper."""
+    returns = np.asarray(returns, float)
+    n_good = int((returns >= solved_return).sum())
+    spread_text = f"{returns.min():.0f} and {returns.max():.0f} (median {np.median(returns):.0f})"
+    if n_good >= len(returns) / 2:
+        return f"The zoo's {len(returns)} networks return between {spread_text}; {n_good} of them reach {solved_return:.0f}."
+    return (f"This zoo is weak: its {len(returns)} networks return between {spread_text} on stage 1's fresh seeds, and "
+            f"{'none' if n_good == 0 else n_good} of them reach{'es' if n_good == 1 else ''} {solved_return:.0f}, while a good "
+            "Hopper policy scores 3000-3700. These are not the paper's networks that solve Hopper: a weak network falls "
+            "within a few hundred steps, and a decoded network that merely stands still longer can outscore it. Retention "
+            "here says little about compressing networks that hop.")
+
+
+def sampling_record(sampled: Mapping[str, Any], extra_sampled: Mapping[str, Any], zoo: Any, *, sentence: str,
+                    **settings: Any) -> dict[str, Any]:
+    """The summary's record of which networks were scored: ``settings`` (the sampling parameters, the sentence),
+    and per split the networks scored, of how many, their runs, and the sweep, ablation and PCA variants' share
+    (``sampled``, ``extra_sampled``: {split: the :class:`~nnae_utils.zoo.Zoo` sample} of ``zoo``)."""
+    def runs(z: Any) -> int:
+        return len({r["provenance"].get("run") for r in z.records})
+    per_split = {s: {"scored": len(z.records), "of": len(zoo.ids(s)), "runs": runs(z), "runs_of": runs(zoo.select(s)),
+                     "extra": len(extra_sampled[s].records)} for s, z in sampled.items()}
+    return {**settings, "method": "zoo.sample_indices: runs first, then snapshots evenly over each run's steps",
+            "per_split": per_split, "sentence": sentence}
+
+
+def best_layers(main: pd.DataFrame, split: str) -> dict[str, dict[str, float]]:
+    """Per form, the single layer whose main autoencoder retains most on ``split``, with its interval and ratio."""
+    best_by_form = {}
+    for form, group in main[(main["split"] == split) & (main["layers"] != "all")].groupby("form"):
+        group = group.dropna(subset=["retention"])
+        if len(group):
+            best = group.loc[group["retention"].idxmax()]
+            best_by_form[form] = {"layer": int(best.layers), "retention": float(best.retention), "low": float(best.low),
+                                  "high": float(best.high), "compression_ratio": float(best.compression_ratio)}
+    return best_by_form
+
+
+def kept_levels(sweep: pd.DataFrame, thresholds: Sequence[float]) -> tuple[dict[str, dict[int, dict[str, Any]]], pd.DataFrame]:
+    """Per method and layer of the sweep's retention table, the highest tested ratio that keeps each level of
+    ``thresholds`` (:func:`highest_ratio_kept`): ``{method: {layer: {level: {stays, any}}}}``, and as a table."""
+    kept: dict[str, dict[int, dict[str, Any]]] = {}
+    rows = []
+    for (method, layer), group in sweep.groupby(["method", "layer"]):
+        for level in thresholds:
+            k = highest_ratio_kept(group["compression_ratio"], group["retention"], level)
+            kept.setdefault(method, {}).setdefault(int(layer), {})[f"{level:g}"] = k
+            rows.append({"layer": int(layer), "method": method, "level": f"{level:.0%}", "stays": format_ratio(k["stays"]),
+                         "any": format_ratio(k["any"]),
+                         "tested ratios": ", ".join(f"{r:.1f}x" for r in group["compression_ratio"])})
+    return kept, pd.DataFrame(rows)
+
+
+def kept_sentence(kept: Mapping[str, Mapping[int, Mapping[str, Any]]], thresholds: Sequence[float], n_layers: int) -> str:
+    """:func:`kept_levels` for the text: per level, layer by layer, each method's highest ratio that stays at it."""
+    def at_level(level: float) -> str:
+        parts = []
+        for layer in range(n_layers):
+            items = [f"{m} {format_ratio(kept[m][layer][f'{level:g}']['stays'])}"
+                     for m in ("flat", "token", "PCA flat", "PCA token") if m in kept and layer in kept[m]]
+            if items:
+                parts.append(f"layer {layer}: " + ", ".join(items))
+        return "; ".join(parts) if parts else "not measured (no sweep)"
+    return "; ".join(f"at {level:.0%} or more, {at_level(level)}" for level in thresholds)
+
+
+def goal_hits(sweep: pd.DataFrame, methods: Sequence[str], n_layers: int) -> tuple[dict[int, list[str]], int]:
+    """Per layer, the sweep's autoencoders (``methods``) that meet stage 3's goal (:data:`GOAL_RETENTION` at
+    :data:`GOAL_RATIO` or more), as text; and how many of them retain more than 102% (they beat their inputs)."""
+    goal, above = {}, 0
+    for layer in range(n_layers):
+        hits = [r for r in sweep[(sweep["layer"] == layer) & sweep["method"].isin(methods)].itertuples()
+                if r.compression_ratio >= GOAL_RATIO and r.retention >= GOAL_RETENTION]
+        goal[layer] = [f"{r.method} {r.compression_ratio:.1f}x ({percent(r.retention)})"
+                       for r in sorted(hits, key=lambda r: (r.method, r.compression_ratio))]
+        above += sum(r.retention > 1.02 for r in hits)
+    return goal, int(above)
+
+
+def goal_sentence(goal: Mapping[int, Sequence[str]], above: int, split: str) -> str:
+    """:func:`goal_hits` for the text."""
+    met = [layer for layer, hits in goal.items() if hits]
+    where = "no layer" if not met else "layer" + ("s " if len(met) > 1 else " ") + ", ".join(str(layer) for layer in met)
+    text = f"The goal, {GOAL_RETENTION:.0%} at {GOAL_RATIO:g}x or more, is met on {where}"
+    if met:
+        text += " (" + "; ".join(f"layer {layer}: {', '.join(goal[layer])}" for layer in met) + ")"
+    text += f" of the {split} networks (point estimates; the intervals above show how uncertain each is)."
+    if above:
+        text += (f" {above} of these retain more than 102%: their decoded networks do not reproduce their inputs' scores, "
+                 "they beat them, by acting differently.")
+    return text
+
+
+def ablation_retention(frame: pd.DataFrame, split: str, networks: Iterable[str], main_latent: Mapping[tuple[str, int], int],
+                       **interval: Any) -> pd.DataFrame:
+    """Retention of the loss ablation's codes and of PCA at the main latent size (``main_latent``: {(form, layer):
+    latent}), each layer alone, on ``split``'s ``networks`` (ids); ``interval``: :func:`retention_table`'s options."""
+    part = frame[(frame["split"] == split) & (frame["layers"] != "all") & frame["source_network"].isin(set(networks))].copy()
+    part["layer"] = part["layers"].astype(int)
+    at_main = np.array([main_latent.get((f, layer)) == k for f, layer, k in zip(part["form"], part["layer"], part["latent"])], bool)
+    chosen = part["roles"].map(lambda r: "ablation" in r).to_numpy() | ((part["kind"] == "pca").to_numpy() & at_main)
+    return retention_table(part[chosen], ["form", "layer", "loss"], **interval)
+
+
+def by_loss(table: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Retention as a form-and-layer by loss table, the losses in ``order`` (those present)."""
+    view = table.pivot_table(index=["form", "layer"], columns="loss", values="retention")
+    return view[[loss for loss in order if loss in view.columns]].round(3)
+
+
+def resolution_sentence(main: pd.DataFrame, episodes: int, resolution: float) -> str:
+    """Whether the episode count resolves a difference of ``resolution`` in every group of ``main``."""
+    worst = main.loc[main["rel_se"].idxmax()]
+    return (f"With {episodes} episodes, {int(main['resolved'].sum())} of {len(main)} groups resolve a {resolution:.0%} "
+            f"difference at 95% (largest relative standard error {worst.rel_se:.2%}, {worst.form} layer {worst.layers} on "
+            f"{worst.split}; the noisiest group would need {int(main['episodes_needed'].max())} episodes).")
+
+
+def retention_line(main: pd.DataFrame, form: str, split: str, n_layers: int, column: str | None = None) -> str:
+    """One form and split of ``main`` for the text, layer by layer then all layers: each retention with its
+    interval, or (``column``, e.g. ``decoded_mean``) that column."""
+    rows = main[(main["form"] == form) & (main["split"] == split)].set_index("layers")
+    parts = []
+    for label in [str(i) for i in range(n_layers)] + ["all"]:
+        if label in rows.index:
+            value = interval_text(rows.loc[label]) if column is None else f"{rows.loc[label, column]:.0f}"
+            parts.append(f"{'all layers' if label == 'all' else f'layer {label}'} {value}")
+    return "; ".join(parts)
+
+
+def significance_sentence(main: pd.DataFrame) -> str:
+    """How many groups retain significantly more, or less, than 100% (interval above or below 1)."""
+    above, below = int((main["low"] > 1.0).sum()), int((main["high"] < 1.0).sum())
+    if not above:
+        return f"{below} of {len(main)} groups retain significantly less than 100% (interval below 1)."
+    return (f"{above} of {len(main)} groups retain significantly more than 100% (interval above 1) and {below} "
+            "significantly less. Retention above 100% is not better compression: on this zoo it means the decoded networks "
+            "behave differently (see their action distances), e.g. stand or fall differently, and happen to collect more reward.")
 
 
 # --------------------------------------------------------------------------- files

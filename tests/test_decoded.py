@@ -154,8 +154,9 @@ def test_decoded_index_records_are_complete_and_files_load(identity_run, tmp_pat
 # --------------------------------------------------------------------------- stage-2 folder
 
 
-def _tiny_stage2(tmp_path, train):
-    """A stage-2 folder in miniature: main autoencoders of both forms, a sweep and an ablation model, PCA."""
+def _tiny_stage2(tmp_path, train, symmetry="none"):
+    """A stage-2 folder in miniature: main autoencoders of both forms, a sweep and an ablation model, PCA;
+    every autoencoder trained (here: created) under the hidden-unit ``symmetry`` option."""
     from nnae_utils.autoencoders import LayerAEConfig, LayerAutoencoder, StackedNetworks
 
     stack = StackedNetworks.from_networks(train)
@@ -164,7 +165,7 @@ def _tiny_stage2(tmp_path, train):
         for layer in range(SPEC.n_layers):
             for loss, latent, roles in [("functional", 2, ["ablation", "main", "sweep"]), ("weights", 2, ["ablation"]),
                                         ("functional", 1, ["sweep"])]:
-                cfg = LayerAEConfig(layer=layer, form=form, latent=latent, hidden=8, loss=loss)
+                cfg = LayerAEConfig(layer=layer, form=form, latent=latent, hidden=8, loss=loss, symmetry=symmetry)
                 model = LayerAutoencoder.create(cfg, SPEC, stack)
                 ckpt = f"autoencoders/layer{layer}_{form}.safetensors" if "main" in roles else f"models/{cfg.name}.safetensors"
                 ae.save_layer_autoencoder(tmp_path / ckpt, model)
@@ -198,6 +199,54 @@ def test_stage2_variants_reads_every_role_once(tmp_path):
     assert len(only_main) == 2 * SPEC.n_layers + 2
     plan = D.splits_for(variants, splits=["train", "test"], extra_splits=["test"])
     assert plan[flat_all.name] == ["train", "test"] and plan[roles["pca"][0].name] == ["test"]
+
+
+def test_stage2_variants_carry_the_symmetry_option_of_their_checkpoints(tmp_path):
+    """Issue 29: stage 3 encodes a network as stage 2 encoded the networks its codes learnt from."""
+    train = nets(5)
+    folder = _tiny_stage2(tmp_path, train, symmetry="align")
+    with pytest.raises(FileNotFoundError, match="reference network"):  # align without stage 2's reference
+        D.stage2_variants(folder)
+    from nnae_utils.policies import save_network
+    save_network(folder / "symmetry" / "align" / "reference.safetensors", train[0])
+    variants = D.stage2_variants(folder)
+    autoencoders = [v for v in variants if v.kind == "autoencoder"]
+    assert {v.symmetry for v in autoencoders} == {"align"}
+    assert all(np.array_equal(v.reference.flat(), train[0].flat()) for v in autoencoders)
+    assert {v.symmetry for v in variants if v.kind == "pca"} == {"none"}  # a PCA basis sees networks as they are
+    assert {v.symmetry for v in D.stage2_variants(_tiny_stage2(tmp_path / "none", train))} == {"none"}
+
+
+@pytest.mark.parametrize("option", ["none", "align", "align_runs", "canonical"])
+def test_decode_jobs_encode_networks_in_their_codes_symmetry_form(option):
+    """The identity code returns the network it encodes: under align, align_runs and canonical that is the
+    network brought to the reference's order (and scale), which computes the same actions as its input."""
+    networks, reference = nets(3), nets(1, seed=10)[0]
+    variant = D.identity_variant(SPEC)
+    variant.symmetry, variant.reference = option, (None if option == "none" else reference)
+    pairs = {"test": [(f"te{i}", n) for i, n in enumerate(networks)]}
+    runs = {"te0": "run1", "te1": "run1", "te2": "run2"}
+    jobs = D.decode_jobs(pairs, [variant], {variant.name: ["test"]}, runs=runs)
+    expected = ae.symmetry_networks(option, networks, reference, groups=[runs[f"te{i}"] for i in range(3)])
+    states = np.random.default_rng(0).normal(size=(16, SPEC.obs_dim)).astype(np.float32)
+    for job, net, want in zip(jobs, networks, expected):
+        assert np.allclose(job.network.flat(), want.flat())
+        assert np.allclose(job.network.act(states), net.act(states), atol=1e-5)
+    if option == "align_runs":
+        with pytest.raises(ValueError, match="training run"):
+            D.decode_jobs(pairs, [variant], {variant.name: ["test"]})
+
+
+def test_kept_levels_and_the_goal_from_a_sweep_table():
+    sweep = pd.DataFrame({"method": ["flat"] * 3, "layer": [0] * 3, "compression_ratio": [4.0, 10.0, 32.0],
+                          "retention": [0.995, 0.99, 0.95]})
+    kept, table = D.kept_levels(sweep, [0.98, 0.9])
+    assert kept["flat"][0] == {"0.98": {"stays": 10.0, "any": 10.0}, "0.9": {"stays": 32.0, "any": 32.0}}
+    assert list(table["stays"]) == ["10.0x", "32.0x"] and list(table["level"]) == ["98%", "90%"]
+    assert D.kept_sentence(kept, [0.98], n_layers=1) == "at 98% or more, layer 0: flat 10.0x"
+    goal, above = D.goal_hits(sweep, ["flat"], n_layers=1)
+    assert goal == {0: ["flat 10.0x (99%)"]} and above == 0
+    assert D.goal_sentence(goal, above, "test").startswith("The goal, 98% at 10x or more, is met on layer 0 (layer 0: flat")
 
 
 # --------------------------------------------------------------------------- parameters
