@@ -902,75 +902,244 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- growing a shipped zoo
+
+SPLIT_WEIGHTS = {"train": 3, "validation": 1, "test": 1}
+"""The grown zoo's target shares of independent runs (60/20/20), as integers so ties are exact."""
+SHARED_INIT = "shared_init"
+"""The split of runs sharing an actor initialisation: never train, validation or test (:func:`split_zoo`)."""
+FOLD_SIZES = (1, 2, 4, 8, 16)
+"""Numbers of train runs of a grown zoo's leave-runs-out folds (:func:`run_folds`): those of
+``benchmarks/learning_curve.py``'s curve; stage 2 takes the folds of its ``learning_curve_k`` from them
+(the smoke profile's k = 1 included)."""
+
+
+def run_order_key(run: int, seed: int) -> str:
+    """Where a new run queues for its split: a hash of ``(seed, run)``, so that the queue depends on
+    neither the order runs are listed in nor the order they finished in."""
+    import hashlib
+
+    return hashlib.sha256(f"{int(seed)}:{int(run)}".encode()).hexdigest()
+
+
+def next_split(counts: Mapping[str, int], weights: Mapping[str, int] = SPLIT_WEIGHTS) -> str:
+    """The split furthest below its share once one more run joins (ties in :data:`SPLITS` order).
+
+    Example:
+        >>> next_split({"train": 2, "validation": 1, "test": 1}), next_split({"train": 4, "validation": 1, "test": 1})
+        ('train', 'validation')
+    """
+    n, total = sum(counts.get(s, 0) for s in SPLITS) + 1, sum(weights[s] for s in SPLITS)
+    return max(SPLITS, key=lambda s: (weights[s] * n - total * counts.get(s, 0), -SPLITS.index(s)))
+
+
+def assign_runs(
+    previous: Mapping[int, str], new_runs: Iterable[int], *, shared: Iterable[int] = (), seed: int = 0,
+    weights: Mapping[str, int] = SPLIT_WEIGHTS,
+) -> dict[int, str]:
+    """Every run's split: ``previous``'s runs keep theirs (sticky: a test run stays unseen), and each
+    new run, queued by :func:`run_order_key`, joins the split furthest below its share of the
+    independent runs (:func:`next_split`); a run in ``shared`` (one actor initialisation with others)
+    goes to :data:`SHARED_INIT`. A pure function of its arguments.
+
+    Example:
+        >>> a = assign_runs({1: "train", 3: "train", 0: "validation", 2: "test"}, [10, 11, 20, 21, 60], shared=[60])
+        >>> sorted(a.values()).count("train"), a[60], a[2]
+        (5, 'shared_init', 'test')
+    """
+    assignment = {int(r): s for r, s in previous.items()}
+    shared = {int(r) for r in shared}
+    counts = {s: sum(v == s for v in assignment.values()) for s in SPLITS}
+    for run in sorted({int(r) for r in new_runs} - set(assignment), key=lambda r: run_order_key(r, seed)):
+        if run in shared:
+            assignment[run] = SHARED_INIT
+            continue
+        split = next_split(counts, weights)
+        assignment[run] = split
+        counts[split] += 1
+    return assignment
+
+
+def previous_assignment(splits: Mapping[str, Any]) -> dict[int, str]:
+    """Each run's split in a zoo's ``splits.json`` (shared-initialisation runs: :data:`SHARED_INIT`)."""
+    if splits.get("rule", "run") != "run":
+        raise ValueError(f"the zoo is split by {splits.get('rule')!r}; only a zoo split by run can grow with sticky splits")
+    out = {int(r): s for s in SPLITS for r in splits.get("runs", {}).get(s, [])}
+    out.update({int(r): SHARED_INIT for r in splits.get(SHARED_INIT, {}).get("runs", [])})
+    return out
+
+
+def splits_by_assignment(records: Sequence[Mapping[str, Any]], assignment: Mapping[int, str]) -> dict[str, Any]:
+    """``splits.json``'s body, in :func:`split_zoo`'s form, for ``records`` whose runs are assigned."""
+    missing = sorted({int(r["provenance"]["run"]) for r in records} - {int(k) for k in assignment})
+    if missing:
+        raise KeyError(f"runs {missing} have no split")
+    split_of = {r["id"]: assignment[int(r["provenance"]["run"])] for r in records}
+    run_of = {r["id"]: int(r["provenance"]["run"]) for r in records}
+    members = {s: [i for i, v in split_of.items() if v == s] for s in (*SPLITS, SHARED_INIT)}
+    out: dict[str, Any] = {"rule": "run", "splits": {s: members[s] for s in SPLITS},
+                           "runs": {s: sorted({run_of[i] for i in members[s]}) for s in SPLITS}}
+    if members[SHARED_INIT]:
+        out[SHARED_INIT] = {"ids": members[SHARED_INIT], "runs": sorted({run_of[i] for i in members[SHARED_INIT]})}
+    return out
+
+
+def grown_splits(
+    previous: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *, shipment: Mapping[str, Any],
+    seed: int = 0, fold_sizes: Sequence[int] = FOLD_SIZES, folds_per_size: int = 3,
+) -> dict[str, Any]:
+    """The new ``splits.json`` of a zoo whose ``records`` now include new runs: earlier runs keep
+    their split, new ones are assigned by :func:`assign_runs`; leave-runs-out folds are drawn anew
+    over the current train runs (``folds_from`` says from which shipment and runs); ``shipments``
+    gains ``shipment`` (date, command) with the runs it added per split. A pure function.
+    """
+    before = previous_assignment(previous)
+    runs = {int(r["provenance"]["run"]) for r in records}
+    shared = {int(r["provenance"]["run"]) for r in records if int(r["provenance"].get("actor_init_seed", -1)) >= 0}
+    assignment = assign_runs(before, runs, shared=shared, seed=seed)
+    out = splits_by_assignment(records, assignment)
+    history = list(previous.get("shipments") or [_first_shipment(before)])
+    added = {s: sorted(r for r, v in assignment.items() if v == s and r not in before) for s in (*SPLITS, SHARED_INIT)}
+    history.append({**shipment, "shipment": len(history), "runs_added": {s: v for s, v in added.items() if v}})
+    train = out["runs"]["train"]
+    out.update(seed=seed, weights=dict(SPLIT_WEIGHTS), shipments=history,
+               folds=run_folds(train, fold_sizes, folds_per_size, seed=seed),
+               folds_from={"shipment": len(history) - 1, "n_runs": len(runs), "train_runs": list(train)})
+    return out
+
+
+def _first_shipment(assignment: Mapping[int, str]) -> dict[str, Any]:
+    """The zoo as first shipped, split at random by :func:`split_zoo`, as shipment 0."""
+    by_split = {s: sorted(r for r, v in assignment.items() if v == s) for s in (*SPLITS, SHARED_INIT)}
+    return {"shipment": 0, "date": None, "command": "the zoo as first shipped (split_zoo)",
+            "runs_added": {s: v for s, v in by_split.items() if v}}
+
+
+def shipped_runs(zoo_dir: str | os.PathLike) -> set[int]:
+    """Runs a shipped zoo has already taken in: those with members, and grown runs admitted with none
+    kept (scoring them again would give the same result)."""
+    zoo_dir = Path(zoo_dir)
+    prov_path = zoo_dir / SHIPPED_PROVENANCE
+    growth = json.loads(prov_path.read_text()).get("growth", {}) if prov_path.is_file() else {}
+    return {int(r["provenance"]["run"]) for r in read_index(zoo_dir)} | {int(r) for r in growth.get("runs", {})}
+
+
+def runs_to_ship(run_dirs: Mapping[str, Sequence[Path]], have: Iterable[int]) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """The runs a shipment admits, per group: finished by their stopping rule (``done_early``: the
+    plan's candidates before the step cap) and not in ``have``; and why each other run is skipped.
+    Reads only the runs' ``provenance.json``, so a caller can refuse before any rollout."""
+    have = {int(r) for r in have}
+    admit: dict[str, list[Path]] = {}
+    skipped: dict[str, str] = {}
+    for group, dirs in run_dirs.items():
+        for run_dir in map(Path, dirs):
+            run = int(run_dir.name.split("_")[-1])
+            prov_path = run_dir / "provenance.json"
+            prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+            if run in have:
+                skipped[str(run)] = "already in the zoo"
+            elif not prov.get("done_early"):
+                skipped[str(run)] = "failed (step cap)" if prov.get("finished") else "not finished"
+            else:
+                admit.setdefault(group, []).append(run_dir)
+    return admit, skipped
+
+
+def admit_run(run_dir: Path, staging: Path, *, group: str, plan: GrowthPlan, episodes: int, progress: bool) -> dict[str, Any]:
+    """Score one finished run's first ``plan.candidates`` candidates into the zoo at ``staging``
+    (:func:`build_zoo`, appended); returns the run's record for the zoo's provenance."""
+    import time
+
+    t0 = time.time()
+    cands = select_candidates([run_dir], threshold=plan.bar, min_step=plan.min_snapshot_step,
+                              max_per_run=10_000)[: plan.candidates]
+    before = len(read_index(staging))
+    records = build_zoo(cands, staging, threshold=plan.bar, episodes=episodes, append=True, progress=progress,
+                        provenance={"settings": run_dir.parent.name, "group": group,
+                                    "training_dir": str(plan.training_dir)})
+    # the folder as the plan names it (relative to the checkout), as ship_zoo records the first runs'
+    folder = str(Path(plan.training_dir) / run_dir.parent.name / run_dir.name)
+    return {**run_record(run_dir), "folder": folder, "group": group, "candidates": len(cands),
+            "kept": len(records) - before, "admission_wall_s": round(time.time() - t0, 1)}
+
+
 def grow_shipped_zoo(
     zoo_dir: str | os.PathLike, run_dirs: Mapping[str, Sequence[Path]], *, plan: GrowthPlan, command: str,
-    held_out_share: float = 0.2, fold_sizes: Sequence[int] = (2, 4, 8, 16), folds_per_size: int = 3,
-    seed: int = 0, episodes: int = 10, progress: bool = True,
+    fold_sizes: Sequence[int] = FOLD_SIZES, folds_per_size: int = 3,
+    seed: int = 0, episodes: int = 10, progress: bool = True, date: str | None = None,
 ) -> dict[str, Any]:
-    """Add finished runs of the growth plan to a shipped zoo, and split it anew by run.
+    """Add finished runs of the growth plan to a shipped zoo; earlier runs keep their split.
 
     ``run_dirs`` maps a group name of ``plan`` to its run folders. A run joins when it finished by
-    its stopping rule (``done_early``: the plan's number of candidates before the step cap); its
-    candidates go through the zoo's admission and report seeds (:func:`build_zoo`, appended to the
-    members already there, which stay as they are). The independent runs are then split by run,
-    ``held_out_share`` of them each to validation and test (the rest train), runs sharing an
-    initialisation kept apart (:func:`split_zoo`), and ``splits.json`` gets leave-runs-out folds of
-    the train runs (:func:`run_folds`). ``provenance.json`` gains a ``growth`` block: the command,
-    the plan, each run's record and the core-hours. Written in a staging folder and swapped in whole.
+    its stopping rule and was not shipped before (:func:`runs_to_ship`; none: ValueError before any
+    work); its candidates go through the zoo's admission and report seeds (:func:`admit_run`,
+    appended to the members already there, which stay as they are). ``splits.json`` is grown by
+    :func:`grown_splits`: sticky splits, new runs toward 60/20/20 train/validation/test by run,
+    shared-initialisation runs apart, folds drawn anew over the train runs, and the shipment
+    recorded (``date``: now, UTC, unless given). ``provenance.json``'s ``growth`` block gains each
+    run's record and the shipment. Written in a staging folder and swapped in whole.
     Returns the new splits.
     """
+    import datetime
     import shutil
 
     from .io import swap_folder
 
     zoo_dir = Path(zoo_dir)
-    base = load_zoo(zoo_dir)  # complete and consistent before anything is written
-    have = {int(r["provenance"]["run"]) for r in base.records}
+    load_zoo(zoo_dir)  # complete and consistent before anything is written
+    admit, skipped = runs_to_ship(run_dirs, shipped_runs(zoo_dir))
+    if not admit:
+        raise ValueError(f"no finished run to add to {zoo_dir}: {skipped or 'no runs named'}")
+    previous = json.loads((zoo_dir / SPLITS_FILE).read_text())
+    previous_assignment(previous)  # a zoo split by network cannot grow: refuse before the rollouts
+    date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     staging = zoo_dir.with_name(zoo_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(zoo_dir, staging)
-    shipped = json.loads((zoo_dir / SHIPPED_PROVENANCE).read_text())
+    todo = [(group, d) for group, dirs in admit.items() for d in dirs]
     runs: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    for group, dirs in run_dirs.items():
-        for run_dir in dirs:
-            run_dir = Path(run_dir)
-            seed_of_run = int(run_dir.name.split("_")[-1])
-            prov = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
-            if seed_of_run in have:
-                skipped[str(seed_of_run)] = "already in the zoo"
-                continue
-            if not prov.get("done_early"):
-                skipped[str(seed_of_run)] = "failed (step cap)" if prov.get("finished") else "not finished"
-                continue
-            cands = select_candidates([run_dir], threshold=plan.bar, min_step=plan.min_snapshot_step,
-                                      max_per_run=10_000)[: plan.candidates]
-            before = len(read_index(staging))
-            records = build_zoo(cands, staging, threshold=plan.bar, episodes=episodes, append=True, progress=progress,
-                                provenance={"settings": run_dir.parent.name, "group": group,
-                                            "training_dir": str(plan.training_dir)})
-            runs[str(seed_of_run)] = {**run_record(run_dir), "group": group, "candidates": len(cands),
-                                      "kept": len(records) - before}
+    with tqdm(todo, desc="admitting runs", unit="run", disable=not progress) as bar:
+        for group, run_dir in bar:
+            bar.set_postfix(run=f"{group}/{run_dir.name}")
+            runs[run_dir.name.split("_")[-1]] = admit_run(run_dir, staging, group=group, plan=plan,
+                                                          episodes=episodes, progress=progress)
     records = read_index(staging)
-    independent = sorted({int(r["provenance"]["run"]) for r in records
-                          if int(r["provenance"].get("actor_init_seed", -1)) < 0})
-    n_held = max(1, round(held_out_share * len(independent)))
-    splits = split_zoo(records, by="run", validation=n_held, test=n_held, seed=seed)
-    splits["folds"] = run_folds(splits["runs"]["train"], fold_sizes, folds_per_size, seed=seed)
+    shipment = {"date": date, "command": command}
+    splits = grown_splits(previous, records, shipment=shipment, seed=seed, fold_sizes=fold_sizes,
+                          folds_per_size=folds_per_size)
     write_splits(staging, splits, records)
     curves = [read_shipped_curves(zoo_dir)] if (zoo_dir / "training_curves.csv").is_file() else []
-    curves += [training_curves([Path(runs[k]["folder"])]) for k in runs]
+    curves += [training_curves([Path(d)]) for _, d in todo]
     pd.concat(curves, ignore_index=True).to_csv(staging / "training_curves.csv", index=False)
-    growth = shipped.get("growth", {"runs": {}})
-    growth["runs"].update(runs)
-    core_h = sum((r.get("core_seconds") or 0.0) for r in growth["runs"].values()) / 3600
-    shipped["growth"] = {"command": command, "plan": dataclasses.asdict(plan), "runs": growth["runs"],
-                         "skipped": skipped, "core_hours": round(core_h, 3),
-                         "independent_runs": independent, "shared_init_runs": splits.get("shared_init", {}).get("runs", [])}
+    shipped = json.loads((zoo_dir / SHIPPED_PROVENANCE).read_text())
+    shipped.update(grown_provenance(shipped, runs, skipped, plan=plan, splits=splits))
     (staging / SHIPPED_PROVENANCE).write_text(json.dumps(shipped, indent=1, default=str))
     swap_folder(staging, zoo_dir)
     return splits
+
+
+def grown_provenance(
+    shipped: Mapping[str, Any], runs: Mapping[str, Any], skipped: Mapping[str, str], *, plan: GrowthPlan,
+    splits: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The keys of a shipped zoo's ``provenance.json`` that a shipment changes: its ``growth`` block
+    (every grown run's record, this shipment's command, date, runs added and skipped, the core-hours)
+    and the zoo's training core-hours, which stage 1 reports (the first shipment's plus the grown runs')."""
+    growth = dict(shipped.get("growth", {}))
+    every_run = {**growth.get("runs", {}), **runs}
+    core_h = round(sum((r.get("core_seconds") or 0.0) for r in every_run.values()) / 3600, 3)
+    shipment = splits["shipments"][-1]
+    history = [*growth.get("shipments", []),
+               {**shipment, "kept": {k: r["kept"] for k, r in runs.items()}, "skipped": dict(skipped)}]
+    base = growth.get("base_training_core_hours", shipped.get("training_core_hours", 0.0)) or 0.0
+    distill = shipped.get("distill_core_hours", 0.0) or 0.0
+    growth.update(command=shipment["command"], plan=dataclasses.asdict(plan), runs=every_run, skipped=dict(skipped),
+                  shipments=history, core_hours=core_h, base_training_core_hours=base,
+                  independent_runs=sorted(r for s in SPLITS for r in splits["runs"][s]),
+                  shared_init_runs=splits.get(SHARED_INIT, {}).get("runs", []))
+    return {"growth": growth, "training_core_hours": round(base + core_h, 3),
+            "core_hours": round(base + core_h + distill, 3)}
 
 
 def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:

@@ -3,7 +3,7 @@
     python scripts/grow_zoo.py train c128 c64 --jobs 2       # the learner benchmark's runs
     python scripts/grow_zoo.py train grow shared_init        # with the learner it chose
     python scripts/grow_zoo.py compact                       # finished runs: drop optimizer state, keep candidates
-    python scripts/grow_zoo.py ship c128 c64 grow shared_init  # admit finished runs into zoo/hopper-v5, split anew
+    python scripts/grow_zoo.py ship c128 c64 grow shared_init  # admit finished runs into zoo/hopper-v5 (earlier runs keep their split)
 
 Runs live in ``<training_dir>/<settings digest>/seed_<seed>`` and resume from their checkpoints; a
 group with ``ensemble: K`` trains its seeds K at a time in one process (``nnae_utils.td3_ensemble``),
@@ -40,6 +40,28 @@ def chosen_ensemble(root: Path) -> int:
     return int(chosen.get("ensemble", 1)) if chosen else 1
 
 
+def ship(ap: argparse.ArgumentParser, names: list[str], plan: zoo.GrowthPlan, root: Path) -> int:
+    """Admit the named groups' finished runs into zoo/hopper-v5 (sticky splits). Every refusal (an
+    unknown group, a learner not chosen yet, no finished run to add) comes before any rollout."""
+    if not names:
+        ap.error("name at least one group to ship")
+    try:
+        groups = {g: plan.group(g, chosen_critic(root), chosen_ensemble(root)) for g in names}
+    except ValueError as err:
+        ap.error(str(err))
+    run_dirs = {g: plan.run_dirs(grp, root / plan.training_dir) for g, grp in groups.items()}
+    zoo_dir = root / "zoo/hopper-v5"
+    admit, skipped = zoo.runs_to_ship(run_dirs, zoo.shipped_runs(zoo_dir))
+    if not admit:
+        ap.error(f"no finished run of {', '.join(names)} to add to {zoo_dir}: {skipped}")
+    print("admitting", {g: [d.name for d in dirs] for g, dirs in admit.items()}, "skipping", skipped, flush=True)
+    command = "python scripts/grow_zoo.py ship " + " ".join(names)
+    splits = zoo.grow_shipped_zoo(zoo_dir, run_dirs, plan=plan, command=command)
+    print("runs per split:", splits["runs"], "shared_init:", splits.get(zoo.SHARED_INIT, {}).get("runs", []),
+          "folds:", len(splits["folds"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["train", "compact", "ship"])
@@ -65,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         zoo.train_runs(configs, training, jobs=args.jobs, done_when=plan.done_when, ensembles=ensembles)
         return 0
     if args.command == "ship":
-        groups = {g: plan.group(g, chosen_critic(root), chosen_ensemble(root)) for g in args.groups}
-        run_dirs = {g: plan.run_dirs(grp, training) for g, grp in groups.items()}
-        command = "python scripts/grow_zoo.py train " + " ".join(args.groups)
-        splits = zoo.grow_shipped_zoo(root / "zoo/hopper-v5", run_dirs, plan=plan, command=command)
-        print({k: len(v) for k, v in splits["runs"].items()}, "folds:", len(splits["folds"]))
-        return 0
+        return ship(ap, args.groups, plan, root)
     # finished runs keep curve, provenance, critic and candidate snapshots; unfinished ones also keep
     # their checkpoint (what a resume on a new machine needs: the buffer is refilled, and recorded)
     critic, ensemble = chosen_critic(root), chosen_ensemble(root)

@@ -304,7 +304,7 @@ def test_the_growth_plan_reads_and_names_its_learners():
     assert len(every_seed) == len(set(every_seed)) and not set(every_seed) & {0, 1, 2, 3}  # the shipped runs' seeds
 
 
-def test_growing_a_shipped_zoo_admits_finished_runs_only_keeps_its_members_and_splits_anew(tmp_path):
+def test_growing_a_shipped_zoo_admits_finished_runs_only_and_keeps_its_members(tmp_path):
     from nnae_utils.td3 import train_td3
 
     base_runs = [fake_run(tmp_path / "old", r, [1.0, 2.0]) for r in range(3)]
@@ -320,14 +320,16 @@ def test_growing_a_shipped_zoo_admits_finished_runs_only_keeps_its_members_and_s
     dirs = [zoo.run_folder(plan.training_dir, zoo.settings_digest(c), c.seed) for c in configs]
     for c, d in zip(configs[:2], dirs[:2]):
         train_td3(c, d, progress=False, done_when=plan.done_when)  # seed 12 is never trained: "not finished"
+    before = json.loads((tmp_path / "zoo" / "splits.json").read_text())["runs"]
     splits = zoo.grow_shipped_zoo(tmp_path / "zoo", {"tiny": dirs}, plan=plan, command="test", episodes=1,
-                                  held_out_share=0.2, fold_sizes=(1, 2), progress=False)
+                                  fold_sizes=(1, 2), progress=False)
     grown = zoo.load_zoo(tmp_path / "zoo")
     runs = sorted({int(r["provenance"]["run"]) for r in grown.records})
     assert runs == [0, 1, 2, 10, 11]
     old = {r["id"]: r for r in records}
     assert all(r["return_mean"] == old[r["id"]]["return_mean"] for r in grown.records if r["id"] in old)
     assert sum(len(v) for v in splits["runs"].values()) == 5 and len(splits["runs"]["test"]) == 1
+    assert all(set(before[s]) <= set(splits["runs"][s]) for s in zoo.SPLITS)  # the first runs keep their splits
     assert {f["k"] for f in splits["folds"]} == {1, 2}
     prov = json.loads((tmp_path / "zoo" / "provenance.json").read_text())
     assert prov["command"] == "old" and prov["growth"]["skipped"] == {"12": "not finished"}
@@ -356,3 +358,138 @@ def test_sample_indices_runs_first_then_snapshots_evenly_and_seeded():
     assert one_run == np.unique(np.linspace(0, 35, 16).round().astype(int)).tolist()   # = decoded.spread_subset
     with pytest.raises(ValueError):
         sample_indices(runs, steps, -1)
+
+
+# --------------------------------------------------------------------------- sticky splits of a growing zoo
+
+
+def run_records(runs, per_run=2, actor_init_seed=-1):
+    """Index records of ``per_run`` networks for each of ``runs`` (no files: the split functions read records only)."""
+    extra = {"actor_init_seed": actor_init_seed} if actor_init_seed >= 0 else {}
+    return [{"id": f"run{r:02d}_step{k:07d}", "provenance": {"run": r, **extra}} for r in runs for k in range(per_run)]
+
+
+def within_one_run_of_shares(runs_per_split):
+    n = sum(len(runs_per_split[s]) for s in zoo.SPLITS)
+    total = sum(zoo.SPLIT_WEIGHTS.values())
+    return all(abs(len(runs_per_split[s]) - n * zoo.SPLIT_WEIGHTS[s] / total) <= 1 for s in zoo.SPLITS)
+
+
+FIRST = {1: "train", 3: "train", 0: "validation", 2: "test"}  # the shipped zoo's four runs, as split_zoo split them
+
+
+def test_assigned_runs_keep_their_split_whatever_comes_after():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        previous = dict(zip(rng.permutation(40)[:12].tolist(), rng.choice(list(zoo.SPLITS), 12).tolist()))
+        new = rng.permutation(np.arange(40, 80))[: rng.integers(1, 30)].tolist()
+        again = zoo.assign_runs(previous, new + list(previous), seed=int(rng.integers(100)))
+        assert {r: again[r] for r in previous} == previous and set(again) == set(previous) | set(new)
+
+
+def test_assignment_of_new_runs_does_not_depend_on_their_order():
+    new = list(range(10, 34))
+    reference = zoo.assign_runs(FIRST, new, shared=[30, 31], seed=5)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        assert zoo.assign_runs(FIRST, rng.permutation(new).tolist(), shared=[31, 30], seed=5) == reference
+    records = run_records([0, 1, 2, 3]) + run_records(new)
+    shuffled = [records[i] for i in rng.permutation(len(records))]
+    previous = zoo.splits_by_assignment(run_records([0, 1, 2, 3]), FIRST)
+    a, b = (zoo.grown_splits(previous, recs, shipment={"date": "d", "command": "c"}, seed=5)["runs"]
+            for recs in (records, shuffled))
+    assert a == b
+    assert zoo.assign_runs(FIRST, new, seed=6) != zoo.assign_runs(FIRST, new, seed=5)  # but the seed matters
+
+
+@pytest.mark.parametrize("batches", [[20], [5, 5, 5, 5], [1] * 20, [3, 7, 1, 9]])
+def test_proportions_approach_60_20_20_within_one_run(batches):
+    assignment, start = dict(FIRST), 10
+    for size in batches:
+        assignment = zoo.assign_runs(assignment, range(start, start + size), seed=0)
+        start += size
+        runs = {s: [r for r, v in assignment.items() if v == s] for s in zoo.SPLITS}
+        assert within_one_run_of_shares(runs), runs
+    assert {s: len(runs[s]) for s in zoo.SPLITS} in ({"train": 14, "validation": 5, "test": 5},
+                                                     {"train": 15, "validation": 5, "test": 4},
+                                                     {"train": 15, "validation": 4, "test": 5})
+
+
+def test_shared_init_runs_are_kept_apart_and_stay_apart():
+    shipment = {"date": "2026-12-07", "command": "test"}
+    first = zoo.splits_by_assignment(run_records([0, 1, 2, 3]), FIRST)
+    records = run_records([0, 1, 2, 3, 10, 11, 12]) + run_records([60, 61], actor_init_seed=1000)
+    grown = zoo.grown_splits(first, records, shipment=shipment, fold_sizes=(1, 2, 4))
+    assert grown["shared_init"]["runs"] == [60, 61]
+    assert set(grown["shared_init"]["ids"]) == {r["id"] for r in records if r["provenance"]["run"] in (60, 61)}
+    assert not {60, 61} & {r for s in zoo.SPLITS for r in grown["runs"][s]}
+    assert not {60, 61} & {r for f in grown["folds"] for r in f["runs"]}
+    records += run_records([13, 14]) + run_records([62], actor_init_seed=1000)
+    again = zoo.grown_splits(grown, records, shipment=shipment, fold_sizes=(1, 2, 4))
+    assert again["shared_init"]["runs"] == [60, 61, 62]
+    assert all(set(grown["runs"][s]) <= set(again["runs"][s]) for s in zoo.SPLITS)
+    assert set(again["folds_from"]["train_runs"]) == set(again["runs"]["train"]) and again["folds_from"]["shipment"] == 2
+    assert [h["shipment"] for h in again["shipments"]] == [0, 1, 2]
+    assert again["shipments"][2]["runs_added"]["shared_init"] == [62]
+
+
+def fake_finished_run(training, run, returns, *, done=True):
+    """A run folder as a finished growth run leaves it: snapshots, curve, and a provenance saying
+    whether it stopped by its rule (``done_early``) or at the step cap."""
+    d = fake_run(training / "abc123", run, returns, step=100)
+    (d / "provenance.json").write_text(json.dumps({
+        "finished": True, "done_early": {"rule": "EnoughCandidates", "step": 100 * len(returns)} if done else None,
+        "step": 100 * len(returns), "core_seconds": 360.0, "config": {"critic_hidden": [16]}}))
+    return d
+
+
+def test_shipping_twice_keeps_every_earlier_runs_split_and_records_each_shipment(tmp_path):
+    base = [fake_run(tmp_path / "old", r, [1.0, 2.0]) for r in range(4)]
+    records = zoo.build_zoo(zoo.select_candidates(base, threshold=-1e9), tmp_path / "zoo", threshold=-1e9,
+                            episodes=1, provenance={"settings": "old"}, progress=False)
+    zoo.write_splits(tmp_path / "zoo", zoo.split_zoo(records, by="run", validation=1, test=1, seed=0), records)
+    (tmp_path / "zoo" / "provenance.json").write_text(json.dumps({"command": "old", "training_core_hours": 2.0}))
+    plan = zoo.GrowthPlan(training_dir=tmp_path / "training", bar=-1e9, min_snapshot_step=0, candidates=2,
+                          step_cap=1000, td3={}, groups={})
+    first = [fake_finished_run(plan.training_dir, r, [1.0, 2.0, 3.0]) for r in (10, 11, 12)]
+    first.append(fake_finished_run(plan.training_dir, 19, [1.0], done=False))
+    grow = lambda dirs, date: zoo.grow_shipped_zoo(tmp_path / "zoo", {"g": dirs}, plan=plan, command="ship g",  # noqa: E731
+                                                   episodes=1, fold_sizes=(1, 2), progress=False, date=date)
+    one = grow(first, "day 1")
+    second = [fake_finished_run(plan.training_dir, r, [1.0, 2.0]) for r in (13, 14, 15, 16, 17, 18)]
+    two = grow(first + second, "day 2")
+    assert all(set(one["runs"][s]) <= set(two["runs"][s]) for s in zoo.SPLITS)
+    assert within_one_run_of_shares(two["runs"]) and sum(len(v) for v in two["runs"].values()) == 13
+    loaded = zoo.load_zoo(tmp_path / "zoo")
+    assert all(r["provenance"]["split"] == s for s in zoo.SPLITS for r in loaded.select(s).records)
+    assert [(h["shipment"], h["date"]) for h in two["shipments"]] == [(0, None), (1, "day 1"), (2, "day 2")]
+    assert sorted(r for v in two["shipments"][2]["runs_added"].values() for r in v) == [13, 14, 15, 16, 17, 18]
+    assert two["folds_from"] == {"shipment": 2, "n_runs": 13, "train_runs": two["runs"]["train"]}
+    prov = json.loads((tmp_path / "zoo" / "provenance.json").read_text())
+    assert [h["date"] for h in prov["growth"]["shipments"]] == ["day 1", "day 2"]
+    assert prov["growth"]["shipments"][1]["kept"] == {str(r): 2 for r in range(13, 19)}
+    assert prov["growth"]["skipped"]["19"] == "failed (step cap)" and prov["growth"]["skipped"]["10"] == "already in the zoo"
+    assert prov["training_core_hours"] == pytest.approx(2.9) and prov["growth"]["runs"]["10"]["folder"].endswith("abc123/seed_10")
+    with pytest.raises(ValueError, match="no finished run"):
+        grow(first + second, "day 3")  # nothing new: refused before any rollout
+    assert json.loads((tmp_path / "zoo" / "splits.json").read_text()) == two
+
+
+def test_ship_refuses_an_unknown_group_or_nothing_to_add_before_any_work(tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("grow_zoo", "scripts/grow_zoo.py")
+    grow_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grow_zoo)
+    (tmp_path / "zoo").mkdir()
+    shutil.copy("zoo/growth.yaml", tmp_path / "zoo" / "growth.yaml")
+    base = [fake_run(tmp_path / "old", r, [1.0]) for r in range(3)]
+    records = zoo.build_zoo(zoo.select_candidates(base, threshold=-1e9), tmp_path / "zoo" / "hopper-v5",
+                            threshold=-1e9, episodes=1, provenance={}, progress=False)
+    zoo.write_splits(tmp_path / "zoo" / "hopper-v5", zoo.split_zoo(records), records)
+    for groups, message in ((["c128", "nope"], "no group 'nope'"), (["c128"], "no finished run of c128"), ([], "name at least one group")):
+        with pytest.raises(SystemExit):
+            grow_zoo.main(["ship", *groups, "--root", str(tmp_path)])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "zoo" / "hopper-v5.partial").exists()
