@@ -103,7 +103,7 @@ import numpy as np
 
 from . import evolution as evo
 from .backends import torch_threads
-from .genomes import AnchoredGenome, Genome, WeightGenome, action_distance
+from .genomes import AnchoredGenome, Genome, WeightGenome, action_distance, fine_tuning_start, split_start_mode
 from .io import swap_folder, write_text
 from .policies import Network, load_network, save_network
 from .rollouts import EvalResult, evaluate
@@ -799,6 +799,130 @@ def champion_at(curve: Sequence[Mapping[str, Any]], budget_steps: int) -> Mappin
     return within[-1]
 
 
+# --------------------------------------------------------------------------- stage 5's runs
+
+
+PAPER_HOPPER_STEPS = 1_500_000
+"""Env steps of each of CERL's Hopper runs (Khadka et al. 2019, 5 seeds): the scale a reduced comparison is set against."""
+
+
+def scale_note(budget_steps: int, n_seeds: int) -> tuple[bool, str]:
+    """Whether a stage-5 run is a reduced comparison (fewer env steps than CERL's Hopper runs), and the note saying so.
+
+    Example:
+        >>> scale_note(30000, 5)
+        (True, "30,000 env steps per run and 5 seeds, against CERL's 1.5M steps: a reduced comparison")
+    """
+    reduced = budget_steps < PAPER_HOPPER_STEPS
+    return reduced, (f"{budget_steps:,} env steps per run and {n_seeds} seeds, against CERL's {PAPER_HOPPER_STEPS / 1e6:g}M "
+                     f"steps: {'a reduced comparison' if reduced else 'the paper scale'}")
+
+
+def run_tag(label: str) -> str:
+    """A variant or ``method/genome`` label as it appears in a run id: ``cerl/latent:all~decoded`` -> ``cerl-latent_all_decoded``."""
+    return evo.run_tag(label).replace("/", "-")
+
+
+def population_genome(genome: Genome, name: str) -> Genome:
+    """The hybrid population's genome for a genome name: anchored (the start and every migrant held exactly,
+    :class:`~nnae_utils.genomes.AnchoredGenome`) unless it is the weight genome or a ``~decoded`` ablation."""
+    exact = split_start_mode(name)[1] == "exact"
+    return AnchoredGenome(genome) if exact and genome.kind != "weights" else genome
+
+
+def grid_runs(variants: Sequence[str], starts: Sequence[str], n_seeds: int, genomes: Mapping[str, Genome],
+              sigmas: Mapping[tuple[str, str], float], *, start_of: Mapping[tuple[str, int], tuple[str, Network]],
+              critic_of: Mapping[tuple[str, int], Any], config_for: Callable[..., CERLConfig],
+              probe_states: np.ndarray | None = None, checkpoint_dir_of: Callable[[CERLRun], Any] | None = None,
+              master_seed: int = 0) -> list[CERLRun]:
+    """Stage 5's hybrid and TD3-alone runs: every variant but ``evolution``, start condition and replicate (in that order).
+
+    Args:
+        variants: ``cerl/<genome>`` (the hybrid, its population in that genome) and ``td3`` (no population).
+        genomes: genome name -> its encoding (``weights`` for TD3 alone); sigmas: ``(genome name, start) -> sigma``.
+        start_of: ``(start, replicate) -> (network id, Network)`` for every fine-tuning start; a start without
+            entries runs from scratch. ``critic_of``: the same keys -> the critic file its learners start from.
+        config_for: ``config_for(hybrid=..., seed=..., fitness_seed_offset=..., sigma=...)`` -> :class:`CERLConfig`
+            (the stage's parameters fill in the rest).
+        checkpoint_dir_of: ``checkpoint_dir_of(run)`` -> the run's checkpoint folder, or None.
+        master_seed: the stage's seed, from which every run's seed derives (:func:`nnae_utils.evolution.run_seed`).
+    """
+    runs = []
+    for start in starts:
+        for variant in [v for v in variants if v != "evolution"]:
+            hybrid = variant.startswith("cerl/")
+            name = variant.split("/", 1)[1] if hybrid else "weights"
+            for r in range(n_seeds):
+                genome, (net_id, net), critic = population_genome(genomes[name], name), start_of.get((start, r), (None, None)), None
+                if net is not None:  # fine-tuning: the population around the start, its learners from its critic
+                    genome, critic = genome.with_base(net), critic_of.get((start, r))
+                cfg = config_for(hybrid=hybrid, seed=evo.run_seed(master_seed, variant, start, r),
+                                 fitness_seed_offset=r * evo.SEEDS_PER_REPLICATE, sigma=sigmas[(name, start)])
+                info = {"label": variant, "start": start, "replicate": r, "start_network": net_id,
+                        "critic": "zoo" if critic is not None else "fresh"}
+                run = CERLRun(f"{run_tag(variant)}-{start}-s{r}", cfg, genome, start=net, critic=critic,
+                              probe_states=probe_states, info=info)
+                if checkpoint_dir_of is not None:
+                    run.checkpoint_dir = checkpoint_dir_of(run)
+                runs.append(run)
+    return runs
+
+
+def evolution_alone_runs(label: str, start: str, n_seeds: int, genome: Genome, sigma: float, *,
+                         start_of: Mapping[tuple[str, int], tuple[str, Network]], config_for: Callable[..., evo.EvolutionConfig],
+                         checkpoint_dir_of: Callable[[evo.Run], Any] | None = None, master_seed: int = 0) -> list[evo.Run]:
+    """Stage 5's evolution alone: ``label`` (``method/genome``) in one start condition, ``n_seeds`` replicates, fine-tuning
+    as stage 4 does (around the exact start network, or its decoding for ``~decoded``), under the hybrid's budget rule.
+
+    The hybrid starts a generation while fewer than ``budget_steps`` have been spent; evolution starts one only if its
+    worst case fits (``env_steps + bound <= budget``). Raising its budget by ``bound - 1`` makes the two rules one.
+
+    Args:
+        config_for: ``config_for(method=..., sigma=..., seed=..., fitness_seed_offset=...)`` -> its
+            :class:`~nnae_utils.evolution.EvolutionConfig` at the stage's budget.
+        start_of, checkpoint_dir_of, master_seed: as :func:`grid_runs`.
+    """
+    method, name = label.split("/", 1)
+    runs = []
+    for r in range(n_seeds):
+        (net_id, net), vector, run_genome = start_of.get((start, r), (None, None)), None, genome
+        if net is not None:
+            run_genome, vector = fine_tuning_start(genome, net, split_start_mode(name)[1])
+        cfg = config_for(method=method, sigma=sigma, seed=evo.run_seed(master_seed, "evolution", label, start, r),
+                         fitness_seed_offset=r * evo.SEEDS_PER_REPLICATE)
+        cfg = dataclasses.replace(cfg, budget_steps=cfg.budget_steps + cfg.generation_cost_bound() - 1)
+        info = {"label": "evolution", "evolution": label, "start": start, "replicate": r, "start_network": net_id}
+        run = evo.Run(f"evolution-{run_tag(label)}-{start}-s{r}", cfg, run_genome, vector, info=info)
+        if checkpoint_dir_of is not None:
+            run.checkpoint_dir = checkpoint_dir_of(run)
+        runs.append(run)
+    return runs
+
+
+def run_evolution_alone(chosen: Mapping[str, tuple[str, Any]], n_seeds: int, genomes: Mapping[str, Genome],
+                        sigmas: Mapping[tuple[str, str], float], *, nthread: int | None = None,
+                        **build: Any) -> tuple[list[evo.Run], dict[str, evo.RunState], dict[str, dict[str, float]]]:
+    """Run (or resume) stage 5's evolution alone: per start condition, its chosen ``method/genome`` label's runs
+    (:func:`evolution_alone_runs`, ``build`` its keyword arguments), driven in lockstep, one start after the other.
+
+    Args:
+        chosen: start condition -> ``(label, why)`` (only the label is read).
+        genomes: genome name -> its encoding; sigmas: ``(genome name, start) -> sigma``.
+
+    Returns:
+        The runs, their final states by run id, and each start's ``wall_s`` and ``cpu_s`` in this session.
+    """
+    runs, states, cost = [], {}, {}
+    for start, (label, _) in chosen.items():
+        name = label.split("/", 1)[1]
+        group = evolution_alone_runs(label, start, n_seeds, genomes[name], sigmas[(name, start)], **build)
+        wall, cpu = time.perf_counter(), time.process_time()
+        states.update(evo.run_lockstep(group, nthread=nthread))
+        cost[start] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+        runs += group
+    return runs, states, cost
+
+
 # --------------------------------------------------------------------------- many runs
 
 
@@ -852,10 +976,14 @@ def curve_table(runs: Sequence[CERLRun], results: Mapping[str, CERLResult]):
     return pd.concat(frames, ignore_index=True)
 
 
-def migration_table(runs: Sequence[CERLRun], results: Mapping[str, CERLResult]):
-    """One row per migrant: its functional distance to its decoded code, both returns, its next fitness rank."""
+def migration_table(runs: Sequence[CERLRun], results: Mapping[str, CERLResult], budget_steps: int | None = None):
+    """One row per migrant: its functional distance to its decoded code, both returns, its next fitness rank; with
+    ``budget_steps``, whether it migrated ``within_budget`` (a run is scored at the budget: later ones never count)."""
     import pandas as pd
 
     rows = [{"run_id": r.run_id, **r.info, "genome": r.genome.name, **m}
             for r in runs for m in results[r.run_id].log["migrations"]]
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if budget_steps is not None and len(table):
+        table["within_budget"] = table["env_steps"] <= budget_steps
+    return table

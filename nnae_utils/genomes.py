@@ -845,16 +845,17 @@ class GenomeGrid:
         return fine_tuning_start(self.genomes[name], start, self.start_mode[name])
 
     def calibrate(self, starts: Sequence[str], pools: Mapping[str, Sequence[Network]], states: np.ndarray,
-                  target: float, *, seed: int = 0) -> dict[tuple[str, str], float]:
+                  target: float, *, seed: int = 0, every_name_from_scratch: bool = False) -> dict[tuple[str, str], float]:
         """``(name, start) -> sigma`` (:func:`calibrate_sigma`): fine-tuning, around every network of ``pools[start]``
-        as that name starts from it; from scratch, around 4 random codes (no scratch entry for fine-tune-only names)."""
+        as that name starts from it; from scratch, around 4 random codes (no scratch entry for fine-tune-only names,
+        unless ``every_name_from_scratch``: stage 5's decoded-migrant hybrid runs from scratch too)."""
         sigmas = {}
         for name, genome in self.genomes.items():
             for start in starts:
                 if start != "scratch":
                     per, parents = zip(*[self.fine_tune(name, net) for net in pools[start]])
                     per, parents = list(per), np.stack(parents)
-                elif name in self.fine_tune_only:
+                elif name in self.fine_tune_only and not every_name_from_scratch:
                     continue
                 else:
                     per, parents = genome, genome.random_codes(4, np.random.default_rng(seed))

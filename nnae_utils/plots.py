@@ -192,7 +192,8 @@ def label_styles(labels) -> dict[str, tuple]:
 
 
 def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_steps: float | None = None,
-                      zoo_note: str | None = None, levels: dict | None = None, statistic: str = "IQM"):
+                      zoo_note: str | None = None, levels: dict | None = None, statistic: str = "IQM",
+                      xlabel: str = "environment steps (fitness + elite re-evaluation)"):
     """Return (or gain) of the champion against env steps: one panel per start condition, one line per
     method/genome (its IQM over seeds) with its bootstrap CI as a band.
 
@@ -200,6 +201,7 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
     drawn as a dotted line if it falls inside the axis; ``zoo_note`` is written once, under the panels
     (the zoo's cost, which every genome built from the zoo has paid before its first step).
     ``levels``: {start: [y values]} drawn as thin horizontal lines (the thresholds of the tables).
+    ``xlabel``: what the env steps count.
     """
     starts = [s for s in START_TITLES if s in set(curves["start"])]
     labels = list(dict.fromkeys(curves["label"]))
@@ -228,7 +230,7 @@ def sample_efficiency(curves: pd.DataFrame, *, ylabels: dict | None = None, zoo_
                     va="top", ha="right", fontsize=8, color="0.35")
         if zoo_steps is not None and 0 < zoo_steps <= sub["steps"].max():
             ax.axvline(zoo_steps, color="0.3", lw=1, ls=":")
-        ax.set(title=START_TITLES[start], xlabel="environment steps (fitness + elite re-evaluation)",
+        ax.set(title=START_TITLES[start], xlabel=xlabel,
                ylabel=(ylabels or {}).get(start, f"champion return ({statistic}, fresh seeds)"))
         ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v / 1e3:g}k" if v < 1e6 else f"{v / 1e6:g}M"))
     # one legend for all panels, outside them: inside, a long grid's legend hides the curves
@@ -267,6 +269,49 @@ def final_scores(table: pd.DataFrame, runs: pd.DataFrame | None = None, *, xlabe
             ax.axvline(0, color="0.6", lw=0.8)
         ax.set(title=START_TITLES[start], xlabel=(xlabels or {}).get(start, "final champion return"))
         ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "inconclusive": "0.4"}
+"""The colour of each verdict of the comparison rule (:func:`nnae_utils.results.comparison_table`)."""
+
+
+def primary_comparison(frame: pd.DataFrame, *, xlabels: dict | None = None):
+    """The primary comparison of a stage, one row of panels per start condition, so its verdict can be seen.
+
+    Left: each run's final score of both labels, one dot per seed, a line joining the two runs of a replicate
+    (they share the start network and the fitness seeds: the comparison is paired). Right: the IQM difference
+    (first minus other) with its Holm-level interval (thick) and its TOST interval (thin), against the
+    equivalence margin drawn as a band around zero; the title names the verdict: better or worse when the
+    Holm interval excludes zero, equivalent when the TOST interval lies within the margin, else inconclusive.
+
+    ``frame``: :func:`nnae_utils.results.paired_comparison`. ``xlabels``: {start: the score's name}.
+    """
+    fig, axes = plt.subplots(len(frame), 2, figsize=(11, 1.0 + 2.0 * len(frame)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.2, 1.0]})
+    for (ax_runs, ax_diff), row in zip(axes, frame.itertuples()):
+        color = VERDICT_COLORS.get(row.verdict, "k")
+        first, other = np.asarray(row.first_scores), np.asarray(row.other_scores)
+        if len(first) == len(other):  # replicate r of both: drawn as a pair
+            for a, b in zip(first, other):
+                ax_runs.plot([a, b], [0, 1], color="0.65", lw=0.9, zorder=1)
+        ax_runs.scatter(first, np.zeros(len(first)), s=22, color="tab:orange", zorder=2)
+        ax_runs.scatter(other, np.ones(len(other)), s=22, color="tab:blue", zorder=2)
+        ax_runs.set_yticks([0, 1], [row.first, row.other])
+        ax_runs.set(ylim=(1.5, -0.5), title=f"{START_TITLES[row.start]}: runs, paired by seed",
+                    xlabel=(xlabels or {}).get(row.start, "final score"))
+        ax_diff.axvspan(-row.margin, row.margin, color="0.85", lw=0, label=f"equivalence margin ±{row.margin:.0f}")
+        ax_diff.axvline(0, color="0.5", lw=0.8)
+        ax_diff.plot([row.low, row.high], [0, 0], color=color, lw=4, solid_capstyle="butt",
+                     label=f"IQM difference, Holm {row.confidence:.1%} CI")
+        ax_diff.plot([row.tost_low, row.tost_high], [-0.25, -0.25], color=color, lw=1.5, label="TOST interval")
+        ax_diff.plot([row.difference], [0], "o", color="k", ms=6)
+        span = max(abs(row.low), abs(row.high), abs(row.tost_low), abs(row.tost_high), row.margin) * 1.15
+        ax_diff.set(xlim=(-span, span), ylim=(-0.8, 0.6), yticks=[],
+                    xlabel=f"IQM of {row.first} minus IQM of {row.other}", title=f"verdict: {row.verdict}")
+        ax_diff.title.set_color(color)
+        ax_diff.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

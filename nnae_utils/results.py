@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import genomes as gen, stats
 from .policies import load_network, save_network, write_index
 
 FAMILY_ALPHA = 0.05
@@ -83,6 +83,28 @@ def final_scores(scores: Mapping[Key, Sequence[float]], *, n_boot: int = 2000, s
                      "high": i_iqm.high, "IQM [95% CI]": i_iqm.format(), "mean [95% CI]": i_mean.format(),
                      **dict((extra or {}).get((start, label), {})), "iqm": i_iqm, "mean": i_mean})
     return pd.DataFrame(rows)
+
+
+def scores_of(runs: pd.DataFrame, keys: Sequence[Key],
+              column_of: Mapping[str, str]) -> tuple[dict[Key, pd.DataFrame], dict[Key, np.ndarray]]:
+    """Each ``(start, label)``'s runs in replicate order, and their final scores: the ``scores`` every table here
+    takes, paired across labels by replicate. Keys without runs are left out.
+
+    Args:
+        runs: one row per run (``start, label, replicate`` and the score columns).
+        column_of: per start condition, the score column (e.g. ``gain`` when fine-tuning).
+
+    Example:
+        >>> runs = pd.DataFrame({"start": "scratch", "label": "ga", "replicate": [1, 0], "final_return": [5.0, 3.0]})
+        >>> scores_of(runs, [("scratch", "ga"), ("scratch", "td3")], {"scratch": "final_return"})[1]
+        {('scratch', 'ga'): array([3., 5.])}
+    """
+    runs_of = {}
+    for start, label in keys:
+        sub = runs[(runs.start == start) & (runs.label == label)].sort_values("replicate")
+        if len(sub):
+            runs_of[(start, label)] = sub
+    return runs_of, {key: sub[column_of[key[0]]].to_numpy() for key, sub in runs_of.items()}
 
 
 def score_dots(scores: Mapping[Key, Sequence[float]]) -> pd.DataFrame:
@@ -394,6 +416,145 @@ def verdict_counts_sentence(table: pd.DataFrame, *, alpha: float = FAMILY_ALPHA,
             f"{int(counts.get('inconclusive', 0))} are inconclusive")
 
 
+def latent_comparison_pairs(labels_of: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str]]:
+    """Stage 4's family: every latent genome's run against each of its comparators in the same start condition.
+
+    The comparators of an exact-start latent label are the weight-space GA, the PCA, random and DCT controls of
+    the same method and layers (exact starts too) and its own decoded-start ablation (fine-tuning only); those
+    of a decoded-start label are the weight-space GA, the weight-space GA from the same decoded network
+    (``ga/weights@<genome>``) and the decoded controls. Comparators not in ``labels_of[start]`` are left out.
+
+    Args:
+        labels_of: per start condition, the labels that ran there.
+
+    Returns:
+        ``(start, latent label, comparator)`` triples, in the order of ``labels_of``.
+
+    Example:
+        >>> latent_comparison_pairs({"finetune": ["ga/weights", "ga/latent:all", "ga/pca:all", "ga/latent:all~decoded"]})
+        [('finetune', 'ga/latent:all', 'ga/weights'), ('finetune', 'ga/latent:all', 'ga/pca:all'), ('finetune', 'ga/latent:all', 'ga/latent:all~decoded'), ('finetune', 'ga/latent:all~decoded', 'ga/weights')]
+    """
+    def comparators(label: str, start: str) -> list[str]:
+        method, name = label.split("/", 1)
+        genome, mode = gen.split_start_mode(name)
+        layers = gen.parse_genome_name(genome)[1]
+        marker = "" if mode == "exact" else "~decoded"
+        out = ["ga/weights"] + ([f"ga/weights@{genome}"] if mode == "decoded" else [])
+        out += [f"{method}/{kind}:{layers}{marker}" for kind in ("pca", "random", "dct")]
+        out += [f"{label}~decoded"] if mode == "exact" and start != "scratch" else []  # what decoding the start costs
+        return [c for c in out if c in labels_of[start] and c != label]
+
+    return [(start, label, other) for start, labels in labels_of.items() for label in labels
+            if not gen.is_start_control(label) and gen.parse_genome_name(label.split("/", 1)[1])[0] == "latent"
+            for other in comparators(label, start)]
+
+
+def hybrid_pairs(variants: Sequence[str], primary: tuple[str, str], scores: Mapping[Key, Any]) -> list[tuple[str, str, str]]:
+    """Stage 5's family, in every start condition where both sides have ``scores``: the latent hybrid (the primary
+    one, else the first ``cerl/latent...`` variant) against the weight-space hybrid, TD3 alone and evolution alone;
+    every other latent hybrid (e.g. ``~decoded``) against the weight-space hybrid; the weight-space hybrid against
+    TD3 alone and evolution alone.
+
+    Returns:
+        ``(start, first, other)`` triples, start by start.
+
+    Example:
+        >>> scores = {("s", v): [] for v in ["cerl/weights", "cerl/latent:all", "cerl/latent:all~decoded", "td3"]}
+        >>> hybrid_pairs([v for _, v in scores], ("cerl/latent:all", "cerl/weights"), scores)[:3]
+        [('s', 'cerl/latent:all', 'cerl/weights'), ('s', 'cerl/latent:all', 'td3'), ('s', 'cerl/latent:all~decoded', 'cerl/weights')]
+    """
+    latent = hybrid_latent_label(variants, primary)
+    pairs = [(latent, other) for other in ("cerl/weights", "td3", "evolution")] if latent else []
+    pairs += [(v, "cerl/weights") for v in variants if v.startswith("cerl/latent") and v != latent]
+    pairs += [("cerl/weights", "td3"), ("cerl/weights", "evolution")]
+    starts = dict.fromkeys(start for start, _ in scores)
+    return [(s, a, b) for s in starts for a, b in pairs if (s, a) in scores and (s, b) in scores]
+
+
+def hybrid_latent_label(variants: Sequence[str], primary: tuple[str, str]) -> str | None:
+    """The latent hybrid stage 5's verdicts are about: the primary comparison's, else the first latent hybrid run.
+
+    Example:
+        >>> hybrid_latent_label(["cerl/weights", "cerl/latent:all~decoded"], ("cerl/latent:all", "cerl/weights"))
+        'cerl/latent:all~decoded'
+    """
+    return primary[0] if primary[0] in variants else next((v for v in variants if v.startswith("cerl/latent")), None)
+
+
+def primary_verdicts(table: pd.DataFrame, starts: Sequence[str], pair: tuple[str, str], *, heads: Mapping[str, str],
+                     context: Mapping[str, str], titles: Mapping[str, str], missing: str, n_seeds: int,
+                     budget_steps: int, column: str = "first") -> dict[str, str]:
+    """The primary comparison's verdict sentence (:func:`verdict_sentence`) in each start condition, or that it was
+    not measured there.
+
+    Args:
+        table: the family (:func:`comparison_table`), whose first label sits in ``column``.
+        pair: ``(first, other)`` labels of the primary comparison.
+        context: per start condition, the comparison's context in prose.
+        titles: each start condition's name in prose.
+        missing: why it was not measured, in the sentence that says so.
+
+    Example:
+        >>> primary_verdicts(pd.DataFrame(), ["scratch"], ("a", "b"), heads={}, context={}, titles={"scratch": "from scratch"},
+        ...                  missing="the grid lacks a", n_seeds=5, budget_steps=10)
+        {'scratch': 'From scratch: not measured (the grid lacks a).'}
+    """
+    verdicts = {}
+    for start in starts:
+        row = comparison_row(table, start, *pair, column=column)
+        verdicts[start] = (f"{titles[start].capitalize()}: not measured ({missing})." if row is None else verdict_sentence(
+            row, title=titles[start], context=context[start], heads=heads, unit="return" if start == "scratch" else "gain",
+            family_size=len(table), n_seeds=n_seeds, budget_steps=budget_steps))
+    return verdicts
+
+
+def primary_summary(table: pd.DataFrame, starts: Sequence[str], pair: tuple[str, str], primary: tuple[str, str],
+                    margins: Mapping[str, float], *, column: str = "first") -> dict[str, Any]:
+    """The summary's ``primary`` block: the comparison named before running, the thresholds, the margins, the
+    family's size and, per start condition where it was measured, the row of ``pair`` (:func:`primary_row`).
+
+    Example:
+        >>> primary_summary(pd.DataFrame(), ["scratch"], ("a", "b"), ("a", "b"), {"scratch": 200.0})["rows"]
+        {}
+    """
+    rows = {s: primary_row(r) for s in starts if (r := comparison_row(table, s, *pair, column=column)) is not None}
+    return {"comparison": list(primary), "alpha": FAMILY_ALPHA, "equivalence_fraction": EQUIVALENCE_FRACTION,
+            "margins": dict(margins), "family_size": len(table), "rows": rows}
+
+
+def paired_comparison(scores: Mapping[Key, Sequence[float]], table: pd.DataFrame, starts: Sequence[str],
+                      pair: tuple[str, str], *, column: str = "first") -> pd.DataFrame:
+    """What the primary comparison's figure draws, per start condition where it was measured: both labels' per-run
+    final scores (paired by replicate), the IQM difference with its Holm-level interval, the TOST interval, the
+    equivalence margin and the verdict, all as the comparisons ``table`` computed them.
+
+    Returns:
+        One row per start: ``start, first, other, first_scores, other_scores`` (arrays), ``difference, low, high,
+        confidence`` (the Holm interval), ``tost_low, tost_high, margin, verdict``.
+
+    Example:
+        >>> y = np.arange(10.0)
+        >>> s = {("s", "a"): y + 50, ("s", "b"): y}
+        >>> t = comparison_table(s, [("s", "a", "b")], {"s": 5.0}, primary=("a", "b"), n_boot=200)
+        >>> f = paired_comparison(s, t, ["s", "other"], ("a", "b"))
+        >>> f[["start", "difference", "margin", "verdict"]].values.tolist()
+        [['s', 50.0, 5.0, 'better']]
+    """
+    rows = []
+    for start in starts:
+        row = comparison_row(table, start, *pair, column=column)
+        if row is None:
+            continue
+        c = row["diff"]
+        rows.append({"start": start, "first": pair[0], "other": pair[1],
+                     "first_scores": np.asarray(scores[(start, pair[0])], float),
+                     "other_scores": np.asarray(scores[(start, pair[1])], float),
+                     "difference": c.difference.point, "low": c.difference.low, "high": c.difference.high,
+                     "confidence": c.difference.confidence, "tost_low": c.equivalence.low,
+                     "tost_high": c.equivalence.high, "margin": c.margin, "verdict": c.verdict})
+    return pd.DataFrame(rows)
+
+
 def best_label(block: Mapping[str, Any], start: str, eligible: Callable[[str], bool] = lambda label: True):
     """The label with the highest final IQM in one start condition of a summary's ``results`` block (either form,
     see :func:`iter_results`), among the ``eligible`` ones; None if there is none.
@@ -413,6 +574,25 @@ def best_label(block: Mapping[str, Any], start: str, eligible: Callable[[str], b
     return label, scored[label]
 
 
+def evolution_alone(block: Mapping[str, Any], start: str, named: str = "best") -> tuple[str, str]:
+    """Stage 5's evolution alone in one start condition, and why: ``named`` when it names a ``method/genome``; else
+    stage 4's best exact-start label by final IQM (from its summary's ``results`` block; a ``weights@`` control or a
+    decoded-start ablation starts elsewhere, so neither is eligible), or ``ga/weights`` where stage 4 did not run it.
+
+    Example:
+        >>> block = {"finetune": {"ga/weights": {"iqm": {"point": 5.0}}, "ga/latent:all~decoded": {"iqm": {"point": 9.0}}}}
+        >>> evolution_alone(block, "finetune"), evolution_alone(block, "scratch")[0], evolution_alone(block, "finetune", "cma/pca:all")[0]
+        (('ga/weights', "stage 4's best by final IQM (5.0)"), 'ga/weights', 'cma/pca:all')
+    """
+    if named != "best":
+        return named, "named by evolution_alone"
+    best = best_label(block, start, lambda label: not gen.is_start_control(label)
+                      and gen.split_start_mode(label.rsplit("/", 1)[1])[1] == "exact")
+    if best is None:
+        return "ga/weights", "stage 4 did not run this start: ga/weights"
+    return best[0], f"stage 4's best by final IQM ({best[1]:.1f})"
+
+
 def zoo_cost(data_summary: Mapping[str, Any], ae_summary: Mapping[str, Any], td3_curves: pd.DataFrame) -> dict[str, Any]:
     """What the zoo and the autoencoders cost before a zoo-based genome's first step: the zoo's TD3 env steps (the
     last step of each run's curve, summed), its core-hours, and the autoencoders' core-hours (training wall time
@@ -428,6 +608,37 @@ def zoo_cost(data_summary: Mapping[str, Any], ae_summary: Mapping[str, Any], td3
             "td3_core_hours": float(data_summary.get("train_core_hours", float("nan"))),
             "autoencoder_core_hours": float(ae_summary.get("all_training_wall_seconds", float("nan")))
             * ae_summary.get("torch_threads", 1) / 3600}
+
+
+def zoo_cost_sentence(cost: Mapping[str, Any], *, note: bool = False) -> str:
+    """:func:`zoo_cost` in prose: for the text, or, with ``note``, the figure's note of what was paid before step 0.
+
+    Example:
+        >>> c = {"env_steps": 25000, "td3_core_hours": 2.0, "autoencoder_core_hours": 1.0}
+        >>> zoo_cost_sentence(c)
+        '25,000 env steps and 2.00 core-hours of TD3, plus 1.00 core-hours of autoencoder training'
+        >>> zoo_cost_sentence(c, note=True)
+        'paid before step 0 by every zoo-based genome: the zoo, 25k env steps, 2.00 core-h (TD3); the autoencoders, 1.00 core-h'
+    """
+    steps, td3, ae = cost["env_steps"], cost["td3_core_hours"], cost["autoencoder_core_hours"]
+    if note:
+        return (f"paid before step 0 by every zoo-based genome: the zoo, {steps / 1e3:,.0f}k env steps, "
+                f"{td3:.2f} core-h (TD3); the autoencoders, {ae:.2f} core-h")
+    return f"{steps:,} env steps and {td3:.2f} core-hours of TD3, plus {ae:.2f} core-hours of autoencoder training"
+
+
+def decoded_start_returns(curves: pd.DataFrame) -> pd.Series:
+    """What each fine-tuning label's genome made of the start networks before any step: the median over runs of
+    the return at its first record (0 env steps), by ``(start, label)``.
+
+    Example:
+        >>> c = pd.DataFrame({"start": ["finetune", "finetune", "scratch"], "label": "ga", "env_steps": [0, 9, 0],
+        ...                   "champion_return": [3.0, 5.0, 1.0]})
+        >>> decoded_start_returns(c).to_dict()
+        {('finetune', 'ga'): 3.0}
+    """
+    first = curves[(curves.start != "scratch") & (curves.env_steps == 0)]
+    return first.groupby(["start", "label"])["champion_return"].median().rename("decoded start return (median)")
 
 
 # --------------------------------------------------------------------------- gains, cost, sources, migrations
@@ -498,6 +709,41 @@ def score_at_budget(runs: pd.DataFrame, curves: pd.DataFrame, budget_steps: int)
     runs["steps_at_budget"] = [at[rid]["env_steps"] for rid in runs["run_id"]]
     runs["return_at_budget"] = [at[rid]["champion_return"] for rid in runs["run_id"]]
     return runs
+
+
+RUN_COLUMNS = ["run_id", "label", "start", "replicate", "start_network", "generations", "env_steps", "report_env_steps",
+               "final_return", "final_return_std"]
+"""The columns every kind of stage 5 run shares (the hybrid, TD3 alone and evolution alone)."""
+
+
+def variant_tables(hybrid_runs: pd.DataFrame, hybrid_curves: pd.DataFrame, evolution_runs: pd.DataFrame | None = None,
+                   evolution_curves: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage 5's one run table and one curve table over every variant: the hybrid's and TD3 alone's runs
+    (:func:`nnae_utils.cerl.run_table`, ``curve_table``) and evolution alone's (:func:`nnae_utils.evolution.run_table`,
+    ``curve_table``), whose champions all come from the population. An evolution run's ``wall_s`` and ``cpu_s`` are
+    its share of the lockstep rounds that advanced it over all its sessions (``compute_seconds``, ``cpu_seconds``),
+    so a forced rerun that finds it finished still reports what it cost.
+
+    Example:
+        >>> h = pd.DataFrame([dict.fromkeys(RUN_COLUMNS, 0) | {"run_id": "h", "wall_s": 1.0, "cpu_s": 2.0, "migrations": 3,
+        ...                   "population_steps": 0, "learner_steps": 0, "elite_steps": 0, "probe_env_steps": 0, "buffer_n_added": 0}])
+        >>> e = pd.DataFrame([dict.fromkeys(RUN_COLUMNS, 0) | {"run_id": "e", "compute_seconds": 4.0, "cpu_seconds": 5.0}])
+        >>> c = pd.DataFrame({"run_id": ["e"], "label": "evolution", "start": "s", "replicate": 0, "generation": 0,
+        ...                   "env_steps": 0, "champion_return": 1.0})
+        >>> runs, curves = variant_tables(h, c.assign(run_id="h"), e, c)
+        >>> runs[["run_id", "wall_s", "cpu_s"]].values.tolist(), curves.champion_source.tolist()
+        ([['h', 1.0, 2.0], ['e', 4.0, 5.0]], [nan, 'population'])
+    """
+    runs = hybrid_runs[RUN_COLUMNS + ["wall_s", "cpu_s", "migrations", "population_steps", "learner_steps", "elite_steps",
+                                      "probe_env_steps", "buffer_n_added"]].copy()
+    curve_columns = ["run_id", "label", "start", "replicate", "generation", "env_steps", "champion_return"]
+    curves = hybrid_curves.reindex(columns=curve_columns + ["champion_source", "champion_lineage"]).copy()  # lineage: where recorded
+    if evolution_runs is not None and len(evolution_runs):
+        alone = evolution_runs[RUN_COLUMNS].assign(wall_s=evolution_runs["compute_seconds"],
+                                                   cpu_s=evolution_runs["cpu_seconds"])
+        runs = pd.concat([runs, alone], ignore_index=True)
+        curves = pd.concat([curves, evolution_curves[curve_columns].assign(champion_source="population")], ignore_index=True)
+    return runs, curves
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -694,6 +940,88 @@ def champion_record(row, *, stage: str, method: str, encoding: str | None, confi
                           provenance=prov)
 
 
+def genome_table(genomes: Mapping[str, Any], start_mode: Mapping[str, str], sigmas: Mapping[tuple[str, str], float],
+                 starts: Sequence[str], n_params: int, *, mode_column: str = "start") -> pd.DataFrame:
+    """The genomes of a stage (4 or 5), one row per name: where fine-tuning starts (``mode_column``), size, effective
+    size, layers, weights per number (``n_params`` over the size), whether the encoding is built from the zoo, and the
+    calibrated ``sigma`` of each start condition (NaN where the name has no runs there).
+
+    Example:
+        >>> import types
+        >>> g = types.SimpleNamespace(dim=4, effective_dim=3, layers=(0, 2), uses_zoo=True)
+        >>> genome_table({"pca:0+2": g}, {"pca:0+2": "exact"}, {("pca:0+2", "finetune"): 0.5}, ["finetune", "scratch"], 40
+        ...              ).loc["pca:0+2", ["layers", "weights per number", "sigma (finetune)"]].astype(str).tolist()
+        ['0+2', '10.0', '0.5']
+    """
+    return pd.DataFrame([{
+        "genome": name, mode_column: start_mode[name], "size": genome.dim, "effective size": genome.effective_dim,
+        "layers": "+".join(map(str, genome.layers)), "weights per number": round(n_params / genome.dim, 1),
+        "built from the zoo": genome.uses_zoo, **{f"sigma ({s})": sigmas.get((name, s), np.nan) for s in starts},
+    } for name, genome in genomes.items()]).set_index("genome")
+
+
+def save_champion(folder: str | os.PathLike, net, row, *, metadata: Mapping[str, Any], **record: Any) -> dict[str, Any]:
+    """Write a run's final champion ``net`` to ``folder/<run id>.safetensors`` in the network format, ``metadata``
+    added to the file's, and return its ``index.json`` record (:func:`champion_record` of ``row`` and ``record``)."""
+    net.extra_metadata.update(metadata)
+    save_network(Path(folder) / f"{row.run_id}.safetensors", net)
+    return champion_record(row, **record)
+
+
+def migration_summary(loss: pd.DataFrame, survival: pd.DataFrame, lineage: pd.DataFrame) -> dict[str, Any]:
+    """The summary's ``migrations``, ``migrant_survival`` and ``champion_lineage`` blocks (:func:`migration_tables`,
+    :func:`champion_sources`), each ``{start: {label: entry}}`` with plain numbers (None where missing).
+
+    Example:
+        >>> t = pd.DataFrame({"x": [float("nan")]}, index=pd.MultiIndex.from_tuples([("s", "cerl/w")]))
+        >>> migration_summary(t, t, pd.DataFrame({"migrant line": [0.5]}, index=t.index))["champion_lineage"]
+        {'s': {'cerl/w': {'migrant line': 0.5}}}
+    """
+    def plain(row):
+        return {k: v if isinstance(v, str) else finite_or_none(v) for k, v in row.items()}
+
+    return {"migrations": nest(loss.to_dict(orient="index"), plain),
+            "migrant_survival": nest(survival.to_dict(orient="index"), plain),
+            "champion_lineage": nest(lineage.to_dict(orient="index"), lambda r: {k: float(v) for k, v in r.items()})}
+
+
+def save_cerl_champions(folder: str | os.PathLike, runs: Sequence[Any], outcomes: Mapping[str, Any],
+                        evolution_runs: Sequence[Any], evolution_outcomes: Mapping[str, Any], run_table: pd.DataFrame, *,
+                        spec, **record: Any) -> list[dict[str, Any]]:
+    """Stage 5's final champions, written to ``folder`` with an ``index.json``: every hybrid and TD3-alone run (a
+    :class:`nnae_utils.cerl.CERLRun`, whose champion is a weight vector; its record names where the champion came
+    from and the learners' critic) and every evolution-alone run (its champion a vector of its genome).
+
+    Args:
+        outcomes, evolution_outcomes: run id -> :class:`~nnae_utils.cerl.CERLResult` / :class:`~nnae_utils.evolution.RunState`.
+        run_table: the stage's run table (``return_at_budget`` and :func:`champion_record`'s columns).
+        spec: the networks' architecture (the hybrid's champions are its weight vectors).
+        record: :func:`champion_record`'s remaining keyword arguments, shared by every run.
+
+    Returns:
+        The records written.
+    """
+    row_of = {r.run_id: r for r in run_table.itertuples()}
+    weights = gen.WeightGenome(spec)
+    records = []
+    for run in [*runs, *evolution_runs]:
+        row, hybrid = row_of[run.run_id], run.run_id in outcomes
+        state = outcomes[run.run_id].state if hybrid else evolution_outcomes[run.run_id]
+        method = run.info["label"] if hybrid else f"evolution {run.info['evolution']}"
+        more = {"return_at_budget": row.return_at_budget}
+        if hybrid:  # where the champion came from, and the learners' critic
+            more |= {"champion_source": state.curve[-1]["champion_source"] if state.curve else "start",
+                     "critic": run.info["critic"]}
+        metadata = {"method": method, "start": row.start} | (
+            {"champion_source": more["champion_source"]} if hybrid else {"encoding": run.genome.name})
+        records.append(save_champion(
+            folder, (weights if hybrid else run.genome).decode(state.champion), row, metadata=metadata,
+            method=method, encoding=run.genome.name if not hybrid or run.config.pop_size else None, config=run.config,
+            episode_returns=state.champion_returns, **record, **more))
+    write_index(folder, records)
+    return records
+
+
 def save_migrants(migrations: pd.DataFrame, checkpoint_dirs: Mapping[str, str | os.PathLike], folder: str | os.PathLike,
                   *, probe_seeds, max_episode_steps: int, provenance: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Copy every probed migrant (a learner's actor and its decoded code) of ``migrations`` into ``folder``, in the
@@ -815,9 +1143,10 @@ def nest(by_key: Mapping[Key, Any], value: Callable[[Any], Any] = lambda v: v) -
     return out
 
 
-def label_summary(final_table: pd.DataFrame, reach: pd.DataFrame,
-                  extra: Mapping[Key, Mapping[str, Any]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """The summary's ``results`` block: ``{start: {label: {runs, iqm, mean, <extra>, "steps_to <level>": ...}}}``.
+def label_summary(final_table: pd.DataFrame, reach: pd.DataFrame, extra: Mapping[Key, Mapping[str, Any]] | None = None,
+                  columns: Mapping[str, str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The summary's ``results`` block: ``{start: {label: {runs, iqm, mean, <columns>, <extra>, "steps_to <level>": ...}}}``,
+    ``columns`` naming the entries taken from ``final_table``'s columns (``{entry: column}``; numbers as floats).
 
     Example:
         >>> t = final_scores({("scratch", "ga"): [1.0, 2.0]}, n_boot=10)
@@ -829,7 +1158,9 @@ def label_summary(final_table: pd.DataFrame, reach: pd.DataFrame,
     out: dict[Key, dict[str, Any]] = {}
     for row in final_table.itertuples():
         key = (row.start, row.label)
+        taken = {name: getattr(row, column) for name, column in (columns or {}).items()}
         entry = {"runs": int(row.runs), "iqm": interval_dict(row.iqm), "mean": interval_dict(row.mean),
+                 **{name: v if isinstance(v, str) else float(v) for name, v in taken.items()},
                  **dict((extra or {}).get(key, {}))}
         if key in reach.index:
             for column, r in reach.loc[key].items():

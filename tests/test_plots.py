@@ -39,3 +39,38 @@ def test_twelve_labels_get_twelve_distinct_styles_and_one_legend():
     assert np.isclose(sorted(line.get_ydata()[0] for line in scratch.get_lines() if line.get_linestyle() == "--"
                              and line.get_label().startswith("_"))[-1], 5.0)
     matplotlib.pyplot.close(fig)
+
+
+def _primary_frame(shift: float, margin: float):
+    """A stage's primary comparison on known scores: ``first`` beats ``other`` by ``shift`` on every seed."""
+    from nnae_utils import results
+
+    other = np.arange(10.0) * 10
+    scores = {("finetune", "ga/latent:all"): other + shift, ("finetune", "ga/weights"): other}
+    table = results.comparison_table(scores, [("finetune", "ga/latent:all", "ga/weights")], {"finetune": margin},
+                                     primary=("ga/latent:all", "ga/weights"), n_boot=300)
+    return results.paired_comparison(scores, table, ["finetune", "scratch"], ("ga/latent:all", "ga/weights")), table
+
+
+def test_primary_comparison_draws_the_computed_interval_margin_and_verdict():
+    frame, table = _primary_frame(shift=50.0, margin=5.0)
+    computed = table.iloc[0]["diff"]
+    assert list(frame.start) == ["finetune"] and frame.iloc[0].verdict == computed.verdict == "better"
+    fig = plots.primary_comparison(frame)
+    runs_ax, diff_ax = fig.axes
+    holm = next(line for line in diff_ax.get_lines() if line.get_label().startswith("IQM difference"))
+    assert np.allclose(holm.get_xdata(), [computed.difference.low, computed.difference.high])
+    tost = next(line for line in diff_ax.get_lines() if line.get_label() == "TOST interval")
+    assert np.allclose(tost.get_xdata(), [computed.equivalence.low, computed.equivalence.high])
+    band = next(p for p in diff_ax.patches if p.get_label().startswith("equivalence margin"))
+    assert np.allclose([band.get_x(), band.get_x() + band.get_width()], [-5.0, 5.0])
+    assert diff_ax.get_title() == "verdict: better"
+    assert len([line for line in runs_ax.get_lines()]) == 10  # one line per seed pair
+    matplotlib.pyplot.close(fig)
+
+
+def test_primary_comparison_labels_an_equal_pair_equivalent_within_a_wide_margin():
+    frame, _ = _primary_frame(shift=0.0, margin=100.0)
+    fig = plots.primary_comparison(frame)
+    assert fig.axes[1].get_title() == "verdict: equivalent"
+    matplotlib.pyplot.close(fig)

@@ -200,3 +200,42 @@ def test_random_policy_table_summary_and_sentence():
     json.dumps(block)  # plain values only
     sentence = results.random_policy_sentence(table, 200.0)
     assert "share above 200" in sentence and f"{row['iqm_point'] - table.iqm_point[0]:+.0f} over random weights" in sentence
+
+
+def test_the_results_module_examples_hold():
+    import doctest
+
+    assert doctest.testmod(results, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_stage4_family_pairs_each_latent_genome_with_its_controls_and_ablation():
+    labels_of = {"finetune": ["ga/weights", "ga/latent:all", "ga/pca:all", "ga/random:all", "ga/latent:all~decoded",
+                              "ga/weights@latent:all", "ga/pca:all~decoded"],
+                 "scratch": ["ga/weights", "ga/latent:all", "ga/dct:all"]}
+    pairs = results.latent_comparison_pairs(labels_of)
+    assert [p for p in pairs if p[0] == "finetune" and p[1] == "ga/latent:all"] == [
+        ("finetune", "ga/latent:all", "ga/weights"), ("finetune", "ga/latent:all", "ga/pca:all"),
+        ("finetune", "ga/latent:all", "ga/random:all"), ("finetune", "ga/latent:all", "ga/latent:all~decoded")]
+    assert [p[2] for p in pairs if p[1] == "ga/latent:all~decoded"] == ["ga/weights", "ga/weights@latent:all",
+                                                                         "ga/pca:all~decoded"]
+    assert [p[2] for p in pairs if p[0] == "scratch"] == ["ga/weights", "ga/dct:all"]  # no ablation from scratch
+
+
+def test_the_primary_comparison_is_read_from_the_family_in_one_place():
+    y = np.arange(8.0)
+    scores = {("finetune", "a"): y + 40, ("finetune", "b"): y, ("finetune", "c"): y + 1}
+    table = results.comparison_table(scores, [("finetune", "a", "b"), ("finetune", "c", "b")], {"finetune": 5.0},
+                                     primary=("a", "b"), n_boot=200)
+    block = results.primary_summary(table, ["finetune", "scratch"], ("a", "b"), ("a", "b"), {"finetune": 5.0})
+    row = table.iloc[0]
+    assert block["family_size"] == 2 and list(block["rows"]) == ["finetune"]  # not measured from scratch
+    assert block["rows"]["finetune"]["difference"] == results.interval_dict(row["diff"].difference)
+    verdicts = results.primary_verdicts(table, ["finetune", "scratch"], ("a", "b"), heads=results.verdict_heads("A", "B"),
+                                        context={"finetune": "exact", "scratch": "-"},
+                                        titles={"finetune": "fine-tuning", "scratch": "from scratch"},
+                                        missing="no runs", n_seeds=8, budget_steps=100)
+    assert verdicts["finetune"].startswith("Fine-tuning, primary comparison (exact), A beat B")
+    assert verdicts["scratch"] == "From scratch: not measured (no runs)."
+    drawn = results.paired_comparison(scores, table, ["finetune"], ("a", "b")).iloc[0]
+    assert (drawn.low, drawn.high, drawn.verdict) == (row["diff"].difference.low, row["diff"].difference.high, "better")
+    assert list(drawn.first_scores - drawn.other_scores) == [40.0] * 8  # paired by replicate
