@@ -153,11 +153,11 @@ def _zoo_learners(results: Path, missing: str) -> list[str]:
                "admitted run charges every finished run, failures included, to the admitted ones. An ensemble's run "
                "is charged its share of the process's CPU.\n")
     out.append("| learner | finished runs | admitted | core-h to the bar (median) | core-h per admitted run |\n|---|---|---|---|---|")
-    for l in learners["learners"]:
-        label = f"critic {'-'.join(map(str, l['critic_hidden']))}" + (f", ensemble of {l['ensemble']}" if l["ensemble"] > 1 else "")
-        per_run = l.get("core_h_per_admitted_run")
-        to_bar = l.get("median_core_h_to_bar")
-        out.append(f"| {label} | {l['finished_runs']} of {len(l['seeds'])} | {l['admitted_runs']} "
+    for learner in learners["learners"]:
+        label = f"critic {'-'.join(map(str, learner['critic_hidden']))}" + (f", ensemble of {learner['ensemble']}" if learner["ensemble"] > 1 else "")
+        per_run = learner.get("core_h_per_admitted_run")
+        to_bar = learner.get("median_core_h_to_bar")
+        out.append(f"| {label} | {learner['finished_runs']} of {len(learner['seeds'])} | {learner['admitted_runs']} "
                    f"| {'n/a' if to_bar is None else f'{to_bar:.2f}'} | {'n/a' if per_run is None else f'{per_run:.2f}'} |")
     chosen = learners.get("chosen")
     out.append(f"\nChosen learner: **{chosen['name']}**." if chosen else
