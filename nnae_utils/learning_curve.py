@@ -53,13 +53,18 @@ def folds_from_runs(train_runs: Sequence[Any], sizes: Sequence[int] = (1,), per_
 def stage_folds(zoo_splits: Mapping[str, Any], train_runs: Sequence[Any], sizes: Sequence[int], *, per_size: int = 3,
                 seed: int = 0) -> tuple[list[dict[str, Any]], str]:
     """Stage 2's learning-curve folds of ``sizes`` train runs, and where they come from: the zoo's
-    leave-runs-out folds (``splits.json``, runs labelled ``run<r>``), or, on a zoo without them, up to
-    ``per_size`` subsets of ``train_runs`` per size (:func:`folds_from_runs`)."""
-    if "folds" in zoo_splits:
-        folds = [{**f, "runs": [f"run{r}" for r in f["runs"]]} for f in zoo_splits["folds"] if f["k"] in sizes]
-        return folds, "the zoo's leave-runs-out folds (splits.json)"
-    folds = folds_from_runs(train_runs, sizes, per_size=per_size, seed=seed)
-    return folds, f"up to {per_size} subsets of the {len(train_runs)} train runs (this zoo's splits.json has no folds)"
+    leave-runs-out folds (``splits.json``, runs labelled ``run<r>``) for the sizes it has, and up to
+    ``per_size`` subsets of ``train_runs`` (:func:`folds_from_runs`) for the sizes it has not (all of
+    them on a zoo without folds). Raises ``ValueError`` for a size larger than the train runs."""
+    too_large = [k for k in sizes if k > len(set(train_runs))]
+    if too_large:
+        raise ValueError(f"learning_curve_k {too_large} exceed the {len(set(train_runs))} train runs of this zoo")
+    zoo_folds = [{**f, "runs": [f"run{r}" for r in f["runs"]]} for f in zoo_splits.get("folds", []) if f["k"] in sizes]
+    drawn_sizes = [k for k in sizes if k not in {f["k"] for f in zoo_folds}]
+    drawn = folds_from_runs(train_runs, drawn_sizes, per_size=per_size, seed=seed) if drawn_sizes else []
+    sources = ([f"the zoo's leave-runs-out folds (splits.json) for k = {sorted({f['k'] for f in zoo_folds})}"] if zoo_folds else []) + \
+              ([f"up to {per_size} subsets of the {len(train_runs)} train runs for k = {drawn_sizes}"] if drawn else [])
+    return zoo_folds + drawn, "; ".join(sources)
 
 
 def network_ratios(code: ae.LayerCode, train: ae.LayerData, held: ae.LayerData, *, over_units: bool = False) -> tuple[np.ndarray, np.ndarray]:

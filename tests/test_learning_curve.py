@@ -117,3 +117,19 @@ def test_learning_curve_figure_has_a_panel_per_layer():
                           "ratio": [1.0, 0.7, 0.5] * 2, "low": [0.9, 0.6, 0.4] * 2, "high": [1.1, 0.8, 0.6] * 2})
     fig = plots.learning_curve(table, lc.extrapolate(table, 0.1))
     assert len(fig.axes) == 2 and all(len(ax.lines) >= 2 for ax in fig.axes)   # points and the fitted line
+
+
+def test_stage_folds_draws_the_sizes_the_zoos_folds_lack_and_refuses_sizes_above_the_train_runs():
+    """A grown zoo's splits.json has folds of some sizes; a stage asking for another size used to get
+    no fold at all for it (an empty table, and a KeyError later)."""
+    splits = {"folds": [{"k": 2, "fold": 0, "runs": [1, 3]}, {"k": 2, "fold": 1, "runs": [3, 5]}]}
+    train = ["run1", "run3", "run5"]
+    folds, source = lc.stage_folds(splits, train, [1, 2], per_size=2, seed=0)
+    assert sorted(f["k"] for f in folds) == [1, 1, 2, 2]
+    assert [f["runs"] for f in folds if f["k"] == 2] == [["run1", "run3"], ["run3", "run5"]]
+    assert all(set(f["runs"]) <= set(train) for f in folds)
+    assert "splits.json" in source and "subsets" in source
+    only_zoo, source = lc.stage_folds(splits, train, [2])
+    assert len(only_zoo) == 2 and "subsets" not in source
+    with pytest.raises(ValueError, match="exceed the 3 train runs"):
+        lc.stage_folds(splits, train, [4])
