@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -69,6 +68,7 @@ import torch
 from torch import nn
 
 from .functional_loss import StackedNetworks, hidden_sides, layer_shape, layer_vectors, split_layer_vector
+from .io import atomic_write_path
 from .policies import Network, NetworkSpec, mlp
 from .symmetry import SYMMETRIES
 
@@ -650,16 +650,8 @@ def _atomic_save(tensors: Mapping[str, np.ndarray], path: Path, metadata: Mappin
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint files end in .safetensors, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    return atomic_write_path(path, lambda tmp: save_file(arrays, tmp, metadata=dict(metadata)))
 
 
 def _read(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:

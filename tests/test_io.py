@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnae_utils import io
+from nnae_utils import io, layer_codes
 from nnae_utils.decoded import json_ready
 from nnae_utils.evolution import ComputeClock, RunState
 from nnae_utils.policies import Network, NetworkSpec, load_network, save_network, write_index
@@ -64,6 +64,8 @@ def test_network_critic_index_buffer_and_evolution_files_are_0644(tmp_path, priv
              ReplayBuffer(11, 3, 8).save(tmp_path / "buffer.npz")]
     RunState(rng=np.random.default_rng(0)).save(tmp_path / "state.npz", "fp")
     paths.append(tmp_path / "state.npz")
+    pca = layer_codes.PCALayerCode.fit([Network.random(spec, seed=s) for s in range(3)], 0, "flat", k=2)
+    paths.append(layer_codes.save_pca(tmp_path / "pca.safetensors", pca))
     assert {p.name: mode(p) for p in paths} == {p.name: 0o644 for p in paths}
     assert load_network(paths[0]).spec == spec
     assert json.loads(paths[1].read_text())[0]["return_mean"] == 1.5
