@@ -232,7 +232,24 @@ def best_layer_from_summary(summary: Mapping[str, Any], form: str = "flat") -> i
 # --------------------------------------------------------------------------- per-layer linear codes
 
 
-class RandomSubspaceCode:
+class _LinearLayerCode:
+    """What a linear code of one layer's ``[W | b]`` (``n_out`` x ``n_in + 1``) with ``k`` coordinates reports."""
+
+    form = "flat"
+    k: int
+    n_out: int
+    n_in: int
+
+    @property
+    def latent_dim(self) -> int:
+        return self.k
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.n_out * (self.n_in + 1) / self.k
+
+
+class RandomSubspaceCode(_LinearLayerCode):
     """Li et al. (2018)'s random subspace for one layer: ``vec = mean + z @ B``, ``B`` (k, n) orthonormal rows.
 
     ``B`` is the Q factor of a Gaussian matrix (seeded), so ``encode`` is the orthogonal projection
@@ -246,8 +263,6 @@ class RandomSubspaceCode:
         True
     """
 
-    form = "flat"
-
     def __init__(self, spec: NetworkSpec, layer: int, mean: np.ndarray, k: int, seed: int):
         self.spec, self.layer = spec, int(layer)
         sizes = spec.layer_sizes
@@ -260,14 +275,6 @@ class RandomSubspaceCode:
         gauss = np.random.default_rng(seed).standard_normal((n, self.k))
         q, _ = np.linalg.qr(gauss)
         self.basis = q.T.copy()  # (k, n), orthonormal rows
-
-    @property
-    def latent_dim(self) -> int:
-        return self.k
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.n_out * (self.n_in + 1) / self.k
 
     def encode(self, x: Any) -> np.ndarray:
         v = _layer_vectors(x, self.spec, self.layer)
@@ -298,7 +305,7 @@ def dct_positions(n_rows: int, n_cols: int, k: int) -> tuple[np.ndarray, np.ndar
     return ii.ravel()[order], jj.ravel()[order]
 
 
-class DCTCode:
+class DCTCode(_LinearLayerCode):
     """Compressed Network Search (Koutnik et al. 2010) for one layer, centred on the zoo's mean layer.
 
     The layer is the (out, in + 1) matrix ``[W | b]``; its deviation from the mean layer is
@@ -307,8 +314,6 @@ class DCTCode:
     so ``encode(decode(z)) == z`` and the zero vector decodes to the mean layer.
     """
 
-    form = "flat"
-
     def __init__(self, spec: NetworkSpec, layer: int, mean: np.ndarray, k: int):
         self.spec, self.layer = spec, int(layer)
         sizes = spec.layer_sizes
@@ -316,14 +321,6 @@ class DCTCode:
         self.k = int(min(k, self.n_out * (self.n_in + 1)))
         self.mean = self._as_matrix(np.asarray(mean, np.float64)[None])[0]
         self.rows, self.cols = dct_positions(self.n_out, self.n_in + 1, self.k)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.k
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.n_out * (self.n_in + 1) / self.k
 
     def _as_matrix(self, vec: np.ndarray) -> np.ndarray:
         w, b = _split(vec, self.n_out, self.n_in)

@@ -98,6 +98,18 @@ def layer_loss_curves(history: pd.DataFrame, log: bool = True):
     return fig
 
 
+def _compression_axis(ax, layer: int, token_limits: dict | None, *, label_limit: bool = False) -> None:
+    """A log compression-ratio axis titled by ``layer``; the token form's limit (``token_limits[layer]``) dotted."""
+    if token_limits and layer in token_limits:
+        ax.axvline(token_limits[layer], ls=":", color="0.4", lw=1)
+        if label_limit:
+            ax.text(token_limits[layer], ax.get_ylim()[1], f" token max {token_limits[layer]:g}x", va="top", ha="left",
+                    fontsize=8, color="0.3")
+    ax.set(xscale="log", title=f"layer {layer}", xlabel="compression ratio (params / latent dim)")
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 def compression_sweep(sweep: pd.DataFrame, token_limits: dict | None = None):
     """Validation functional loss against compression ratio (log x), one panel per layer; autoencoders solid,
     PCA dashed. ``sweep``: layer, method (flat | token | PCA flat | PCA token), ratio, val_functional.
@@ -112,13 +124,7 @@ def compression_sweep(sweep: pd.DataFrame, token_limits: dict | None = None):
             d = sub[sub["method"] == m]
             ax.plot(d["ratio"], d["val_functional"], marker="o", ms=4, lw=1.5, color=palette[m],
                     ls="--" if m.startswith("PCA") else "-", label=m)
-        if token_limits and layer in token_limits:
-            ax.axvline(token_limits[layer], ls=":", color="0.4", lw=1)
-            ax.text(token_limits[layer], ax.get_ylim()[1], f" token max {token_limits[layer]:g}x", va="top", ha="left",
-                    fontsize=8, color="0.3")
-        ax.set(xscale="log", title=f"layer {layer}", xlabel="compression ratio (params / latent dim)")
-        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+        _compression_axis(ax, layer, token_limits, label_limit=True)
     axes[0, 0].set_ylabel("validation functional loss")
     axes[0, -1].legend(fontsize=8)
     fig.tight_layout()
@@ -397,11 +403,7 @@ def retention_vs_ratio(table: pd.DataFrame, levels=(0.98, 0.9), token_limits: di
             ls, ci = METHOD_STYLE[m]
             ax.errorbar(d["compression_ratio"], d["retention"], yerr=[d["retention"] - d["low"], d["high"] - d["retention"]],
                         fmt="o", ls=ls, ms=4, lw=1.4, capsize=2.5, color=colors[ci], alpha=0.95 if ls == "-" else 0.6, label=m)
-        if token_limits and layer in token_limits:
-            ax.axvline(token_limits[layer], ls=":", color="0.4", lw=1)
-        ax.set(xscale="log", title=f"layer {layer}", xlabel="compression ratio (params / latent dim)")
-        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+        _compression_axis(ax, layer, token_limits)
     axes[0, 0].set_ylabel("retention (decoded / input return)")
     axes[0, -1].legend(fontsize=8)
     fig.tight_layout()
