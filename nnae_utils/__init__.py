@@ -19,6 +19,7 @@ One module per concept; data flows one way, stage to stage, through files on dis
 - ``backends``: where work runs: this machine, or a Ray cluster (population evaluation, independent runs)
 - ``stages``: each stage's typed parameters and artifact layout
 - ``pipeline``: profiles, caching and the papermill runner (command line)
+- ``book``: the book built from a run folder (not part of the stage cache keys)
 """
 
 __version__ = "0.1.0"

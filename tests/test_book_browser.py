@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnae_utils.pipeline import NODE_MODULES, PROJECT_ROOT
+from nnae_utils.book import NODE_MODULES
+from nnae_utils.pipeline import PROJECT_ROOT
 from nnae_utils.stages import STAGES
 
 CHECK_SCRIPT = PROJECT_ROOT / "tests" / "book_browser_check.cjs"

@@ -103,7 +103,7 @@ def test_book_folds_code_cells_glue_cells_and_long_tables():
     a long table folded; the parameters cell dropped."""
     import nbformat
 
-    from nnae_utils.pipeline import LONG_TABLE_ROWS, _book_tags
+    from nnae_utils.book import LONG_TABLE_ROWS, _book_tags
 
     def cell(source, outputs=(), tags=()):
         c = nbformat.v4.new_code_cell(source)
@@ -123,6 +123,25 @@ def test_book_folds_code_cells_glue_cells_and_long_tables():
     assert _book_tags(cell('glue("n_runs", "3", display=False)\nprint(1)', [glued, printed])) == ["remove-input", "hide-output"]
     assert _book_tags(cell('glue("n_runs", "3", display=False)', [glued])) == ["remove-input"]
     assert _book_tags(cell('glue("n_runs", "3", display=False)\nframe', [glued, html_out])) == ["hide-input", "hide-output"]
+
+
+def test_the_book_module_is_not_part_of_the_stage_cache_key(tmp_path):
+    """Editing the book's assembly (nnae_utils/book.py) leaves every stage's cache key as it was;
+    editing any other module of the package changes it."""
+    import shutil
+
+    from nnae_utils.pipeline import PACKAGE_DIR, source_hash
+
+    package = tmp_path / PACKAGE_DIR.name
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_hash(package)
+    assert before == source_hash()  # the copy hashes as the package does
+    with (package / "book.py").open("a") as book_source:
+        book_source.write("\n# a sentence of the book edited\n")
+    assert source_hash(package) == before
+    with (package / "stats.py").open("a") as stats_source:
+        stats_source.write("\n# a stage's code edited\n")
+    assert source_hash(package) != before
 
 
 @pytest.mark.parametrize(
@@ -166,9 +185,9 @@ def test_plain_papermill_validates_parameters_in_the_first_cells(tmp_path):
 
 
 def test_benchmark_page_reads_the_committed_results_and_says_what_is_missing(tmp_path, monkeypatch):
-    from nnae_utils import pipeline
+    from nnae_utils import book
 
-    page = pipeline.benchmarks_markdown(tmp_path)
+    page = book.benchmarks_markdown(tmp_path)
     for heading in ("Our TD3 against stable-baselines3", "Batched Hopper-v5 rollouts", "What a zoo network costs",
                     "DAgger students against snapshots, in weight space", "The functional loss",
                     "Training with the functional loss: learning rate and variants",
@@ -176,8 +195,8 @@ def test_benchmark_page_reads_the_committed_results_and_says_what_is_missing(tmp
         assert f"## {heading}" in page
     assert "No committed result" not in page  # every benchmark has a committed result
     assert (tmp_path / "td3_vs_sb3.png").is_file()
-    monkeypatch.setattr(pipeline, "BENCHMARK_RESULTS", tmp_path / "nothing")
-    assert pipeline.benchmarks_markdown(tmp_path).count("No committed result") == 8
+    monkeypatch.setattr(book, "BENCHMARK_RESULTS", tmp_path / "nothing")
+    assert book.benchmarks_markdown(tmp_path).count("No committed result") == 8
 
 
 @pytest.mark.slow
@@ -251,7 +270,7 @@ def test_a_stage_kernels_environment_gives_numpy_the_avx2_kernels(monkeypatch):
 def test_book_glance_table_says_which_questions_this_book_cannot_answer(tmp_path):
     """A row of the landing page's results-at-a-glance table whose stage is not a chapter of the
     book says so, and links to no missing chapter."""
-    from nnae_utils.pipeline import glance_markdown
+    from nnae_utils.book import glance_markdown
 
     import yaml
 

@@ -2,8 +2,8 @@
 results in ``benchmarks/results``.
 
 Its prose lives here, beside the book's pages and outside the ``nnae_utils`` package, because the
-pipeline's stage caches hash every file of that package: a sentence edited here rebuilds the book,
-not every stage. ``nnae_utils.pipeline.benchmarks_markdown`` loads this file by its path when it
+pipeline's stage caches hash that package's files (all but ``book.py``): a sentence edited here
+rebuilds the book, not every stage. ``nnae_utils.book.benchmarks_markdown`` loads this file by its path when it
 assembles the book; Sphinx never imports it (``_config.yml`` loads only ``book_pages`` from this
 folder).
 """
