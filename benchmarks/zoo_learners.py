@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         {"name": name, "folder": str(plan.run_dirs(plan.group(name), ".")[0].parent),
          "critic_hidden": list(plan.group(name).critic_hidden), "ensemble": plan.group(name).ensemble,
          "seeds": list(plan.group(name).seeds)}
-        for name, g in plan.groups.items() if g.get("learner") != "chosen"
+        for name, g in plan.groups.items() if g.get("learner") != "chosen" and g.get("benchmark", True)
     ]  # an ensemble group's runs live in <settings digest>_ens<K>/seed_<seed> (zoo.ensemble_folder)
     results = []
     for learner in learners:
