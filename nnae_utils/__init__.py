@@ -8,6 +8,7 @@ One module per concept; data flows one way, stage to stage, through files on dis
 - ``zoo``: training runs, snapshots, the zoo's index and its splits
 - ``states``: the state dataset the functional loss is computed on
 - ``autoencoders``: layer autoencoders (flat and neuron-token), the functional loss, PCA baseline
+- ``layer_study``: stage 2's tables, files and verdicts (what it saves, tabulates and says)
 - ``decoded``: paired scores of input and decoded networks, retention
 - ``explorer``: the widget layer explorer
 - ``genomes``: genome encodings (weights, AE latent, PCA, random subspace, DCT)

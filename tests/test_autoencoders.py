@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnae_utils import autoencoders as ae
+from nnae_utils import autoencoders as ae, layer_study
 from nnae_utils.policies import Network, NetworkFormatError, NetworkSpec, load_network, save_network
 from nnae_utils.pipeline import PROJECT_ROOT
 from nnae_utils.stages import LayerAEParams, MissingInputError, ParameterError
@@ -662,4 +662,4 @@ def test_stage_data_splits_the_zoo_as_notebook_02_trains_on_it(tmp_path):
     train, val, held = data.layer_data(32, seed=0)
     assert (len(train.networks), len(val.networks), len(held.networks)) == (len(train_ids), len(data.trained["validation"]), len(data.held))
     assert ae.StageData.load(tmp_path, seed=0, holdout_every=None).holdout_ids == set()
-    assert list(ae.layer_table(data.spec).index) == list(range(data.spec.n_layers))
+    assert list(layer_study.layer_table(data.spec).index) == list(range(data.spec.n_layers))
