@@ -23,7 +23,10 @@ within each session's recorded (start_step, end_step, core_seconds). CPU time, n
 other work sharing the machine changes the figures little. The cost per admitted run charges
 every finished run's core-hours, failures included, to the runs that were admitted:
 ``sum(core_h of admitted and failed runs) / n_admitted``. The learner with the lowest cost per
-admitted run is chosen, once every learner has at least ``--min-runs`` finished runs.
+admitted run is chosen, once every learner has at least ``--min-runs`` finished runs, or earlier once
+bounds on every learner's final cost separate it from the others (:func:`cost_bounds`: lower, every
+unfinished run admitted at no further cost; upper, every unfinished run failing at the step cap),
+so that the full rule could not choose another.
 """
 from __future__ import annotations
 
@@ -96,6 +99,34 @@ def admit(run_dir: Path, steps: list[int], plan: zoo.GrowthPlan, episodes: int) 
             "admission_core_h": round((time.process_time() - t0) / 3600, 5)}
 
 
+def cost_bounds(runs: list[dict], step_cap: int) -> dict:
+    """Bounds on the learner's cost per admitted run once all its seeds have finished, from what is known now.
+
+    Lower: every unfinished run is admitted at no further cost. Upper: every unfinished run fails at the
+    step cap, a running one costing its core-hours so far scaled to the cap, one not started the
+    median finished run's core-hours per step times the cap; ``None`` while no run is admitted.
+    """
+    done = [r for r in runs if r["status"] in ("admitted", "failed")]
+    admitted = sum(r["status"] == "admitted" for r in done)
+    running = [r for r in runs if r["status"] == "running"]
+    not_started = sum(r["status"] == "not started" for r in runs)
+    spent = sum(r["core_h_spent"] for r in done) + sum(r["core_h_spent"] for r in running)
+    per_step = [r["core_h_spent"] / r["last_step"] for r in done + running if r.get("last_step")]
+    at_cap = (sum(r["core_h_spent"] for r in done) + sum(r["core_h_spent"] * step_cap / r["last_step"] for r in running)
+              + not_started * float(np.median(per_step)) * step_cap) if per_step else None
+    lower = spent / (admitted + len(running) + not_started) if admitted + len(running) + not_started else None
+    upper = at_cap / admitted if admitted and at_cap is not None else None
+    return {"core_h_per_admitted_run_bounds": [None if v is None else round(v, 4) for v in (lower, upper)]}
+
+
+def separated(best: dict, learners: list[dict]) -> bool:
+    """Whether ``best`` is the cheapest whatever its and the others' unfinished runs still do: its upper
+    bound below every other learner's lower bound (the full rule, on finished runs only, would choose it)."""
+    upper = best["core_h_per_admitted_run_bounds"][1]
+    others = [learner["core_h_per_admitted_run_bounds"][0] for learner in learners if learner is not best]
+    return upper is not None and all(low is not None and upper < low for low in others)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/zoo_learners.json")
@@ -129,7 +160,7 @@ def main(argv=None) -> int:
         done = [r for r in runs if r["status"] in ("admitted", "failed")]
         admitted = [r for r in done if r["status"] == "admitted"]
         entry = {**learner, "runs": runs, "finished_runs": len(done), "admitted_runs": len(admitted),
-                 "failed_runs": len(done) - len(admitted),
+                 "failed_runs": len(done) - len(admitted), **cost_bounds(runs, plan.step_cap),
                  "core_h_finished_runs": round(sum(r["core_h_spent"] for r in done), 4),
                  "core_h_per_admitted_run": (round(sum(r["core_h_spent"] for r in done) / len(admitted), 4)
                                              if admitted else None),
@@ -140,14 +171,15 @@ def main(argv=None) -> int:
               f"failed {entry['failed_runs']}, core-h per admitted run {entry['core_h_per_admitted_run']}")
     ready = all(r["finished_runs"] >= args.min_runs for r in results)
     costed = [r for r in results if r["core_h_per_admitted_run"] is not None]
-    best = min(costed, key=lambda r: r["core_h_per_admitted_run"]) if costed else None
+    leader = min(costed, key=lambda r: r["core_h_per_admitted_run"]) if costed else None
+    ready = ready or bool(leader and separated(leader, results))
     out = {
         "benchmark": "benchmarks/zoo_learners.py", "bar": plan.bar, "candidates_k": plan.candidates,
         "min_snapshot_step": plan.min_snapshot_step, "step_cap": plan.step_cap, "min_kept": args.min_kept,
         "min_runs": args.min_runs, "learners": results,
-        "chosen": ({"name": best["name"], "critic_hidden": best["critic_hidden"], "ensemble": best["ensemble"]}
-                   if ready and best else None),
-        "leader_so_far": best["name"] if best else None,
+        "chosen": ({"name": leader["name"], "critic_hidden": leader["critic_hidden"], "ensemble": leader["ensemble"]}
+                   if ready and leader else None),
+        "leader_so_far": leader["name"] if leader else None,
         "versions": provenance.runtime_versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -152,16 +152,21 @@ def _zoo_learners(results: Path, missing: str) -> list[str]:
                f"{learners['min_kept']} of its candidates pass the zoo's admission and report seeds; the cost per "
                "admitted run charges every finished run, failures included, to the admitted ones. An ensemble's run "
                "is charged its share of the process's CPU.\n")
-    out.append("| learner | finished runs | admitted | core-h to the bar (median) | core-h per admitted run |\n|---|---|---|---|---|")
+    out.append("| learner | finished runs | admitted | core-h to the bar (median) | core-h per admitted run "
+               "| bounds once all its seeds finish |\n|---|---|---|---|---|---|")
     for learner in learners["learners"]:
         label = f"critic {'-'.join(map(str, learner['critic_hidden']))}" + (f", ensemble of {learner['ensemble']}" if learner["ensemble"] > 1 else "")
         per_run = learner.get("core_h_per_admitted_run")
         to_bar = learner.get("median_core_h_to_bar")
+        bounds = ", ".join("n/a" if b is None else f"{b:.2f}" for b in learner.get("core_h_per_admitted_run_bounds", [None, None]))
         out.append(f"| {label} | {learner['finished_runs']} of {len(learner['seeds'])} | {learner['admitted_runs']} "
-                   f"| {'n/a' if to_bar is None else f'{to_bar:.2f}'} | {'n/a' if per_run is None else f'{per_run:.2f}'} |")
+                   f"| {'n/a' if to_bar is None else f'{to_bar:.2f}'} | {'n/a' if per_run is None else f'{per_run:.2f}'} "
+                   f"| [{bounds}] |")
     chosen = learners.get("chosen")
     out.append(f"\nChosen learner: **{chosen['name']}**." if chosen else
-               f"\nNo learner chosen yet: the rule waits for {learners['min_runs']} finished runs of every learner "
+               f"\nNo learner chosen yet: the rule waits for {learners['min_runs']} finished runs of every learner, or "
+               "for the bounds to separate one learner from the others (lower: every unfinished run admitted at no "
+               "further cost; upper: every unfinished run failing at the step cap) "
                f"(cheapest so far: {learners.get('leader_so_far') or 'none'}).")
     loop = _read_result(results, "td3_ensemble_loop.json")
     if loop:
