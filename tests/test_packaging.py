@@ -86,3 +86,15 @@ def test_code_passes_ruff():
 
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_every_notebook_cell_that_draws_a_figure_has_a_caption():
+    """The browser check finds an uncaptioned figure only after a full smoke build; this finds it in a second."""
+    draws = re.compile(r"\bfig\s*=|plt\.(subplots|figure)\(")
+    uncaptioned = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            caption = cell.metadata.get("mystnb", {}).get("figure", {}).get("caption")
+            if cell.cell_type == "code" and draws.search(cell.source) and not caption:
+                uncaptioned.append(f"{path.name} cell {index}")
+    assert not uncaptioned, f"cells that draw a figure without mystnb figure metadata: {uncaptioned}"
