@@ -1104,6 +1104,10 @@ def grow_shipped_zoo(
             bar.set_postfix(run=f"{group}/{run_dir.name}")
             runs[run_dir.name.split("_")[-1]] = admit_run(run_dir, staging, group=group, plan=plan,
                                                           episodes=episodes, progress=progress)
+    # a run that reached the step cap is part of what the zoo cost, though none of its networks ships
+    failed = {run_dir.name.split("_")[-1]: {**run_record(run_dir), "group": group}
+              for group, dirs in run_dirs.items() for run_dir in map(Path, dirs)
+              if skipped.get(run_dir.name.split("_")[-1]) == "failed (step cap)"}
     records = read_index(staging)
     shipment = {"date": date, "command": command}
     splits = grown_splits(previous, records, shipment=shipment, seed=seed, fold_sizes=fold_sizes,
@@ -1113,7 +1117,7 @@ def grow_shipped_zoo(
     curves += [training_curves([Path(d)]) for _, d in todo]
     pd.concat(curves, ignore_index=True).to_csv(staging / "training_curves.csv", index=False)
     shipped = json.loads((zoo_dir / SHIPPED_PROVENANCE).read_text())
-    shipped.update(grown_provenance(shipped, runs, skipped, plan=plan, splits=splits))
+    shipped.update(grown_provenance(shipped, runs, skipped, plan=plan, splits=splits, failed=failed))
     (staging / SHIPPED_PROVENANCE).write_text(json.dumps(shipped, indent=1, default=str))
     swap_folder(staging, zoo_dir)
     return splits
@@ -1121,25 +1125,29 @@ def grow_shipped_zoo(
 
 def grown_provenance(
     shipped: Mapping[str, Any], runs: Mapping[str, Any], skipped: Mapping[str, str], *, plan: GrowthPlan,
-    splits: Mapping[str, Any],
+    splits: Mapping[str, Any], failed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The keys of a shipped zoo's ``provenance.json`` that a shipment changes: its ``growth`` block
-    (every grown run's record, this shipment's command, date, runs added and skipped, the core-hours)
-    and the zoo's training core-hours, which stage 1 reports (the first shipment's plus the grown runs')."""
+    (every grown run's record, every run that failed at the step cap, this shipment's command, date,
+    runs added and skipped, the core-hours) and the zoo's training core-hours, which stage 1 reports:
+    the first shipment's, plus the grown runs', plus the failed runs' (they were spent to grow it)."""
     growth = dict(shipped.get("growth", {}))
     every_run = {**growth.get("runs", {}), **runs}
+    every_failure = {**growth.get("failed_runs", {}), **(failed or {})}
     core_h = round(sum((r.get("core_seconds") or 0.0) for r in every_run.values()) / 3600, 3)
+    failed_h = round(sum((r.get("core_seconds") or 0.0) for r in every_failure.values()) / 3600, 3)
     shipment = splits["shipments"][-1]
     history = [*growth.get("shipments", []),
                {**shipment, "kept": {k: r["kept"] for k, r in runs.items()}, "skipped": dict(skipped)}]
     base = growth.get("base_training_core_hours", shipped.get("training_core_hours", 0.0)) or 0.0
     distill = shipped.get("distill_core_hours", 0.0) or 0.0
     growth.update(command=shipment["command"], plan=dataclasses.asdict(plan), runs=every_run, skipped=dict(skipped),
+                  failed_runs=every_failure, failed_core_hours=failed_h,
                   shipments=history, core_hours=core_h, base_training_core_hours=base,
                   independent_runs=sorted(r for s in SPLITS for r in splits["runs"][s]),
                   shared_init_runs=splits.get(SHARED_INIT, {}).get("runs", []))
-    return {"growth": growth, "training_core_hours": round(base + core_h, 3),
-            "core_hours": round(base + core_h + distill, 3)}
+    return {"growth": growth, "training_core_hours": round(base + core_h + failed_h, 3),
+            "core_hours": round(base + core_h + failed_h + distill, 3)}
 
 
 def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:

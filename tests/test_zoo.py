@@ -493,3 +493,18 @@ def test_ship_refuses_an_unknown_group_or_nothing_to_add_before_any_work(tmp_pat
             grow_zoo.main(["ship", *groups, "--root", str(tmp_path)])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "zoo" / "hopper-v5.partial").exists()
+
+
+def test_the_grown_zoo_charges_runs_that_failed_at_the_step_cap_to_its_core_hours():
+    plan = zoo.GrowthPlan(training_dir="zoo/training", bar=2500.0, min_snapshot_step=100, candidates=2, step_cap=1000,
+                          td3={}, groups={"g": {"critic_hidden": [16], "seeds": [10, 11, 12]}})
+    splits = {"shipments": [{"date": "d1", "command": "ship g"}], "runs": {"train": [10], "validation": [], "test": []}}
+    shipped = {"training_core_hours": 1.0, "distill_core_hours": 0.0}
+    first = zoo.grown_provenance(shipped, {"10": {"core_seconds": 3600.0, "kept": 2}}, {"11": "failed (step cap)"},
+                                 plan=plan, splits=splits, failed={"11": {"core_seconds": 1800.0}})
+    assert first["training_core_hours"] == 2.5 and first["growth"]["failed_core_hours"] == 0.5
+    assert first["growth"]["core_hours"] == 1.0  # the admitted runs' own hours, apart
+    # a later shipment keeps the earlier failures and adds its own
+    later = zoo.grown_provenance({**shipped, **first}, {}, {"12": "failed (step cap)"}, plan=plan, splits=splits,
+                                 failed={"12": {"core_seconds": 720.0}})
+    assert set(later["growth"]["failed_runs"]) == {"11", "12"} and later["training_core_hours"] == 2.7
