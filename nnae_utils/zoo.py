@@ -897,7 +897,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
         "folder": str(run_dir), "critic": (Path(run_dir) / td3.CRITIC_FILE).is_file(),
         **{k: run_prov.get(k) for k in ("step", "finished", "done_early", "core_seconds", "total_wall_s",
                                         "buffer_refilled_at_steps", "buffer_refill_env_steps", "start_time",
-                                        "end_time", "config", "versions")},
+                                        "end_time", "config", "versions", "ensemble")},
         "sessions": len(run_prov.get("sessions", [])),
     }
 
@@ -1148,6 +1148,50 @@ def grown_provenance(
                   shared_init_runs=splits.get(SHARED_INIT, {}).get("runs", []))
     return {"growth": growth, "training_core_hours": round(base + core_h + failed_h, 3),
             "core_hours": round(base + core_h + failed_h + distill, 3)}
+
+
+def learner_table(zoo_dir: str | os.PathLike) -> pd.DataFrame:
+    """What each TD3 learner gave a shipped zoo, one row per learner: its independent and
+    shared-initialisation runs, runs per split, runs that failed at the step cap, networks, and the
+    core-hours of all its runs (failures included) per run that shipped.
+
+    Reads ``index.json``, ``splits.json`` and ``provenance.json`` (the first shipment's ``runs`` and
+    the ``growth`` block's ``runs`` and ``failed_runs``); a network recorded without a learner takes
+    its run's critic from the run's config.
+    """
+    zoo_dir = Path(zoo_dir)
+    prov = json.loads((zoo_dir / SHIPPED_PROVENANCE).read_text()) if (zoo_dir / SHIPPED_PROVENANCE).is_file() else {}
+    growth = prov.get("growth", {})
+    splits = json.loads((zoo_dir / SPLITS_FILE).read_text())
+    split_of = {int(r): s for s in (*SPLITS, SHARED_INIT)
+                for r in (splits.get("runs", {}).get(s, []) if s in SPLITS else splits.get(s, {}).get("runs", []))}
+
+    def learner_of(record: Mapping[str, Any]) -> str:
+        critic = "-".join(str(w) for w in (record.get("config") or {}).get("critic_hidden", []))
+        ensemble = record.get("ensemble")
+        return f"td3 critic {critic}" + (f", ensemble of {int(ensemble['k'])}" if isinstance(ensemble, dict) else "")
+
+    runs = {int(k): v for k, v in {**prov.get("runs", {}), **growth.get("runs", {})}.items()}
+    learner = {r: learner_of(v) for r, v in runs.items()}
+    rows = [{"run": int(rec["provenance"]["run"]),
+             "learner": rec["provenance"].get("learner") or learner.get(int(rec["provenance"]["run"]), "unknown")}
+            for rec in read_index(zoo_dir)]
+    nets = pd.DataFrame(rows)
+    learner.update(nets.drop_duplicates("run").set_index("run")["learner"].to_dict())
+    failed = {int(k): v for k, v in growth.get("failed_runs", {}).items()}
+    table = []
+    for name in sorted(set(learner.values()) | {learner_of(v) for v in failed.values()}):
+        mine = [r for r, n in learner.items() if n == name]
+        lost = [r for r, v in failed.items() if learner_of(v) == name]
+        core_h = sum((runs.get(r, {}).get("core_seconds") or 0.0) for r in mine) + sum(
+            (failed[r].get("core_seconds") or 0.0) for r in lost)
+        row = {"learner": name, "independent runs": sum(split_of.get(r) in SPLITS for r in mine),
+               "shared-init runs": sum(split_of.get(r) == SHARED_INIT for r in mine)}
+        row.update({f"{s} runs": sum(split_of.get(r) == s for r in mine) for s in SPLITS})
+        row.update({"failed runs": len(lost), "networks": int(nets["learner"].eq(name).sum()),
+                    "core-h": round(core_h / 3600, 2), "core-h per shipped run": round(core_h / 3600 / max(len(mine), 1), 2)})
+        table.append(row)
+    return pd.DataFrame(table).set_index("learner")
 
 
 def read_shipped_curves(source: str | os.PathLike) -> pd.DataFrame:

@@ -508,3 +508,21 @@ def test_the_grown_zoo_charges_runs_that_failed_at_the_step_cap_to_its_core_hour
     later = zoo.grown_provenance({**shipped, **first}, {}, {"12": "failed (step cap)"}, plan=plan, splits=splits,
                                  failed={"12": {"core_seconds": 720.0}})
     assert set(later["growth"]["failed_runs"]) == {"11", "12"} and later["training_core_hours"] == 2.7
+
+
+def test_the_learner_table_accounts_for_every_network_run_and_failure_of_the_shipped_zoo(tmp_path):
+    import shutil
+
+    shutil.copytree("zoo/hopper-v5", tmp_path / "zoo")
+    splits = json.loads((tmp_path / "zoo" / "splits.json").read_text())
+    table = zoo.learner_table(tmp_path / "zoo")
+    assert table["networks"].sum() == len(zoo.read_index(tmp_path / "zoo"))
+    assert table["independent runs"].sum() == sum(len(splits["runs"][s]) for s in zoo.SPLITS)
+    assert table.loc["td3 critic 256-256", "independent runs"] == 4  # the first shipment's runs
+    prov = json.loads((tmp_path / "zoo" / "provenance.json").read_text())
+    before = table.loc["td3 critic 64-64, ensemble of 4", "core-h"]
+    failure = {"core_seconds": 3600.0, "config": {"critic_hidden": [64, 64]}, "ensemble": {"k": 4}}
+    prov.setdefault("growth", {})["failed_runs"] = {"99": failure}
+    (tmp_path / "zoo" / "provenance.json").write_text(json.dumps(prov))
+    after = zoo.learner_table(tmp_path / "zoo").loc["td3 critic 64-64, ensemble of 4"]
+    assert after["failed runs"] == 1 and after["core-h"] == pytest.approx(before + 1.0, abs=0.01)
