@@ -3,6 +3,7 @@
     python scripts/rescore_network.py zoo/x.safetensors --seeds 100 101 102
     python scripts/rescore_network.py --index zoo/hopper-v5/index.json
     python scripts/rescore_network.py --index zoo/hopper-v5/index.json --fresh-seeds 7000000 10 --bar 2500
+    python scripts/rescore_network.py --index zoo/hopper-v5/index.json --runs 10 11   # those runs' networks only
 
 Rebuilds the MLP from the file (format: nnae_utils/policies.py), runs one gymnasium.make(env_id)
 episode per reset seed with deterministic actions, and prints the returns' mean and std as JSON.
@@ -123,7 +124,7 @@ def rescore(path, seeds, max_steps=None):
     return meta["env_id"], returns
 
 
-def rescore_index(index_path, tolerance, fresh=None, bar=None):
+def rescore_index(index_path, tolerance, fresh=None, bar=None, runs=None):
     folder = index_path.rsplit("/", 1)[0] if "/" in index_path else "."
     try:
         with open(index_path) as f:
@@ -133,6 +134,8 @@ def rescore_index(index_path, tolerance, fresh=None, bar=None):
     needed = ("id", "return_mean", "eval_seeds", "max_episode_steps")
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in needed) for r in records):
         raise NetworkFormatError(f"{index_path} must hold a list of records, each with {list(needed)}")
+    if runs is not None:  # a grown zoo's latest shipment, say: only the networks of these TD3 runs
+        records = [r for r in records if (r.get("provenance") or {}).get("run") in set(runs)]
     worst, means = 0.0, []
     for rec in records:
         seeds = list(range(fresh[0], fresh[0] + fresh[1])) if fresh else rec["eval_seeds"]
@@ -142,7 +145,7 @@ def rescore_index(index_path, tolerance, fresh=None, bar=None):
         means.append(mean)
         print(json.dumps({"id": rec["id"], "recorded": rec["return_mean"], "fresh" if fresh else "rescored": mean,
                           "episodes": len(returns)}), flush=True)
-    summary = {"index": index_path, "networks": len(records)}
+    summary = {"index": index_path, "networks": len(records), **({"runs": sorted(runs)} if runs is not None else {})}
     if fresh:
         summary.update(fresh_seeds=[fresh[0], fresh[0] + fresh[1] - 1], mean_fresh_minus_recorded=float(
             np.mean(means) - np.mean([r["return_mean"] for r in records])) if means else None)
@@ -166,6 +169,7 @@ def main(argv=None):
     parser.add_argument("--fresh-seeds", type=int, nargs=2, metavar=("FIRST", "N"),
                         help="--index: re-score on N other reset seeds from FIRST instead of the recorded ones")
     parser.add_argument("--bar", type=float, help="--fresh-seeds: count the networks whose fresh mean reaches this")
+    parser.add_argument("--runs", type=int, nargs="+", help="--index: only the networks of these TD3 runs (provenance.run)")
     args = parser.parse_args(argv)
     try:
         return run(parser, args)
@@ -180,9 +184,9 @@ def run(parser, args):
             parser.error("--index takes no network file and no --seeds (each network's seeds are in the index)")
         if args.fresh_seeds and (args.fresh_seeds[0] < 0 or args.fresh_seeds[1] <= 0):
             parser.error("--fresh-seeds takes a first seed >= 0 and a count > 0")
-        return rescore_index(args.index, args.tolerance, args.fresh_seeds, args.bar)
-    if args.fresh_seeds or args.bar is not None:
-        parser.error("--fresh-seeds and --bar go with --index")
+        return rescore_index(args.index, args.tolerance, args.fresh_seeds, args.bar, args.runs)
+    if args.fresh_seeds or args.bar is not None or args.runs:
+        parser.error("--fresh-seeds, --bar and --runs go with --index")
     if not args.network or not args.seeds:
         parser.error("give a network file and --seeds (or --index)")
     env_id, returns = rescore(args.network, args.seeds, args.max_steps)

@@ -102,6 +102,15 @@ def test_index_mode_rescores_every_network_and_fails_on_a_wrong_record(tmp_path)
     assert [round(line["fresh"], 6) for line in lines[:-1]] == [round(float(x), 6) for x in fresh]
     assert lines[-1]["fresh_seeds"] == [40, 42] and lines[-1]["at_or_above_bar"] == 1
 
+    # --runs: only the networks of the named TD3 runs (a grown zoo's latest shipment)
+    records[1]["return_mean"] -= 1.0
+    records[0]["provenance"], records[1]["provenance"] = {"run": 3}, {"run": 7}
+    write_index(tmp_path, records)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--index", str(tmp_path / "index.json"), "--runs", "7"],
+                         capture_output=True, text=True, timeout=120, env=SAME_KERNELS_AS_HERE)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and [line["id"] for line in lines[:-1]] == ["n1"] and lines[-1]["runs"] == [7]
+
 
 def _refused(*args):
     """Run the script on bad input: it must say why in one line on stderr and exit 2, no traceback."""
