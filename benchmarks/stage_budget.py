@@ -1,7 +1,7 @@
 """What a profile's stages cost on a 2-core machine, by env steps and measured throughput, for a zoo of a given size.
 
     python benchmarks/stage_budget.py                                   # default profile, the slow machine, 400 networks
-    python benchmarks/stage_budget.py --networks 144 --runs 4           # today's shipped zoo
+    python benchmarks/stage_budget.py --networks 276 --runs 20          # the shipped zoo, grown to 20 runs
     python benchmarks/stage_budget.py --raw-rate 26000 --slowdown 1.0   # the AVX-512 machine of the 62.6-min run
     python benchmarks/stage_budget.py -p decoded_evaluation.max_extra_networks_per_split=16
 

@@ -136,6 +136,7 @@ def markdown(results: Path, figures: Path) -> str:
         out.append(missing)
     out += _zoo_learners(results, missing)
     out += _symmetry_options(results, missing)
+    out += _learning_curve(results, figures, missing)
     return "\n".join(out) + "\n"
 
 
@@ -192,4 +193,58 @@ def _symmetry_options(results: Path, missing: str) -> list[str]:
     out.append("| option | layer | form | latent | validation run | held-out snapshots |\n|---|---|---|---|---|---|")
     out += [f"| {r.symmetry} | {r.layer} | {r.form} | {r.latent_dim} | {r.val_over_mean_layer:.2f} "
             f"| {r.holdout_over_mean_layer:.2f} |" for r in table.itertuples()]
+    return out
+
+
+def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
+    """How many independent train runs a layer autoencoder needs (issue 29, item 2)."""
+    out = ["\n## How many training runs a layer autoencoder needs\n\n"
+           "`python benchmarks/learning_curve.py --run-dir runs/default --forms flat --retention 4`\n"]
+    path = results / "learning_curve_default.csv"
+    if not path.is_file():
+        return out + [missing]
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    held = sorted(set(" ".join(table["held_out_runs"].astype(str)).split())) if "held_out_runs" in table else []
+    out.append("Stage 2's main autoencoders (the default profile's settings, symmetry option "
+               f"{', '.join(sorted(table['option'].unique()))}), each trained on the snapshots of k train runs only "
+               "(the zoo's leave-runs-out folds, `splits.json`), all measured on the same held-out runs"
+               + (f" ({len(held)}: the validation and test runs)" if held else "") + ". Functional loss over the "
+               "train networks' mean layer's (1: no better than the mean layer), mean over held-out runs of the "
+               "per-network ratio; per k the mean over folds and, in brackets, the lowest and highest fold's "
+               "interval bound (bootstrap over held-out runs, then their snapshots).\n")
+    grouped = table.groupby(["form", "layer", "k"]).agg(ratio=("ratio", "mean"), low=("low", "min"), high=("high", "max"),
+                                                         folds=("fold", "nunique")).reset_index()
+    ks = sorted(grouped["k"].unique())
+    out.append("| form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks))
+    for (form, layer), g in grouped.groupby(["form", "layer"]):
+        cells = {int(r.k): f"{r.ratio:.2f} [{r.low:.2f}, {r.high:.2f}] ({r.folds})" for r in g.itertuples()}
+        out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
+    retention_path = results / "learning_curve_default_retention.csv"
+    if retention_path.is_file():
+        ret = pd.read_csv(retention_path)
+        per_k = ret.groupby(["form", "layer", "k"]).agg(r=("run_mean_retention", "mean"), low=("low", "min"),
+                                                         high=("high", "max"), n=("networks", "max")).reset_index()
+        out.append(f"\nDeployed retention (return of a held-out network with one layer decoded over its own, stage 3's "
+                   f"paired protocol; {int(per_k['n'].max())} networks per fold), mean over folds [lowest, highest "
+                   "fold bound]:\n")
+        out.append("| form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks))
+        for (form, layer), g in per_k.groupby(["form", "layer"]):
+            cells = {int(r.k): f"{r.r:.0%} [{r.low:.0%}, {r.high:.0%}]" for r in g.itertuples()}
+            out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
+    fit_path = results / "learning_curve_default_fit.csv"
+    if fit_path.is_file():
+        fits = pd.read_csv(fit_path)
+        fits = fits[fits["model"] == "power"]
+        if len(fits):
+            out.append("\nPower-law fits in k, extrapolated (the loss ratio to 0.1; retention's shortfall to 0.1, "
+                       "90% retention):\n")
+            out += [f"- {r.value}, {r.form} layer {r.layer}: {r.text}" for r in fits.itertuples()]
+    png = results / "learning_curve_default.png"
+    if png.is_file():
+        shutil.copy2(png, figures / "learning_curve_default.png")
+        out.append("\n```{figure} _generated/learning_curve_default.png\n:name: fig-learning-curve-default\n\n"
+                   "Held-out functional loss over the mean layer's against the number of train runs k, per fold, "
+                   "with the fitted curves.\n```\n")
     return out
