@@ -206,11 +206,11 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
     import pandas as pd
 
     table = pd.read_csv(path)
-    held = sorted(set(" ".join(table["held_out_runs"].astype(str)).split())) if "held_out_runs" in table else []
+    held = int(table["n_held_out_runs"].max()) if "n_held_out_runs" in table else 0
     out.append("Stage 2's main autoencoders (the default profile's settings, symmetry option "
                f"{', '.join(sorted(table['option'].unique()))}), each trained on the snapshots of k train runs only "
                "(the zoo's leave-runs-out folds, `splits.json`), all measured on the same held-out runs"
-               + (f" ({len(held)}: the validation and test runs)" if held else "") + ". Functional loss over the "
+               + (f" ({held}: the validation and test runs)" if held else "") + ". Functional loss over the "
                "train networks' mean layer's (1: no better than the mean layer), mean over held-out runs of the "
                "per-network ratio; per k the mean over folds and, in brackets, the lowest and highest fold's "
                "interval bound (bootstrap over held-out runs, then their snapshots).\n")
@@ -221,6 +221,10 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
     for (form, layer), g in grouped.groupby(["form", "layer"]):
         cells = {int(r.k): f"{r.ratio:.2f} [{r.low:.2f}, {r.high:.2f}] ({r.folds})" for r in g.itertuples()}
         out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
+    if {"train_functional", "held_out_functional"} <= set(table):
+        out.append(f"\nThe same models' functional loss on their own train networks: median "
+                   f"{table['train_functional'].median():.2f}; on the held-out runs' networks: median "
+                   f"{table['held_out_functional'].median():.2f}.")
     retention_path = results / "learning_curve_default_retention.csv"
     if retention_path.is_file():
         ret = pd.read_csv(retention_path)
@@ -231,7 +235,8 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
                    "fold bound]:\n")
         out.append("| form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks))
         for (form, layer), g in per_k.groupby(["form", "layer"]):
-            cells = {int(r.k): f"{r.r:.0%} [{r.low:.0%}, {r.high:.0%}]" for r in g.itertuples()}
+            pct = lambda x: f"{max(x, 0.0):.0%}" if x > -0.005 else f"{x:.0%}"  # noqa: E731 (no "-0%")
+            cells = {int(r.k): f"{pct(r.r)} [{pct(r.low)}, {pct(r.high)}]" for r in g.itertuples()}
             out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
     fit_path = results / "learning_curve_default_fit.csv"
     if fit_path.is_file():
