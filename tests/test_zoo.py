@@ -469,7 +469,9 @@ def test_shipping_twice_keeps_every_earlier_runs_split_and_records_each_shipment
     assert [h["date"] for h in prov["growth"]["shipments"]] == ["day 1", "day 2"]
     assert prov["growth"]["shipments"][1]["kept"] == {str(r): 2 for r in range(13, 19)}
     assert prov["growth"]["skipped"]["19"] == "failed (step cap)" and prov["growth"]["skipped"]["10"] == "already in the zoo"
-    assert prov["training_core_hours"] == pytest.approx(2.9) and prov["growth"]["runs"]["10"]["folder"].endswith("abc123/seed_10")
+    # 2.0 of the first runs, 0.1 for each of the 9 shipped and the 1 failed run (charged once, though named twice)
+    assert prov["training_core_hours"] == pytest.approx(3.0) and prov["growth"]["runs"]["10"]["folder"].endswith("abc123/seed_10")
+    assert list(prov["growth"]["failed_runs"]) == ["19"] and prov["growth"]["failed_core_hours"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="no finished run"):
         grow(first + second, "day 3")  # nothing new: refused before any rollout
     assert json.loads((tmp_path / "zoo" / "splits.json").read_text()) == two
