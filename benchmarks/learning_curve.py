@@ -13,7 +13,7 @@ range. Models go to ``<run-dir>/_work/learning_curve`` and are read back by a re
     python benchmarks/learning_curve.py --run-dir runs/default --options none align_runs
 
 writes ``benchmarks/results/learning_curve_<profile>.csv`` (one row per fold, option, layer and form),
-``..._fit.csv`` and ``..._<profile>.png``; with ``--retention N``, ``..._retention.csv``: N networks of each
+``..._fit.csv`` and ``..._<profile>.png`` (``--append``: adding to the rows of other options and forms already there); with ``--retention N``, ``..._retention.csv``: N networks of each
 held-out run deployed with each layer decoded by each fold's model (stage 3's paired protocol), and the
 power-law fit of the retention's shortfall extrapolated to 90% retention. ``--quick`` (flat form, 8 epochs, k in {1, 2}, two folds of
 k=1) writes to ``--quick-out`` (default ``/tmp/learning_curve_quick``), never to results/.
@@ -52,6 +52,8 @@ def main(argv=None) -> None:
     parser.add_argument("--retention", type=int, default=0, metavar="N",
                         help="also deploy N networks of each held-out run, each layer decoded by each fold's model (stage 3's paired protocol)")
     parser.add_argument("--episodes", type=int, default=5, help="paired episodes per network (with --retention)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of the written files whose (option, form) this run does not compute")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--quick-out", type=Path, default=Path("/tmp/learning_curve_quick"))
     args = parser.parse_args(argv)
@@ -84,17 +86,20 @@ def main(argv=None) -> None:
     out_dir = args.quick_out if args.quick else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"learning_curve_{args.profile}" + ("_quick" if args.quick else "")
+    table = _kept(out_dir / f"{stem}.csv", table, args.append)
     table.to_csv(out_dir / f"{stem}.csv", index=False)
     if args.retention:
         t0 = time.perf_counter()
         retention = lc.fold_retention(models, [lab for lab in S.labels if lab in set(held)], per_run=args.retention,
                                       episodes=args.episodes, n_boot=args.n_boot, seed=S.P.seed)
         retention["shortfall"] = 1.0 - retention["run_mean_retention"]
+        retention = _kept(out_dir / f"{stem}_retention.csv", retention, args.append)
         retention.to_csv(out_dir / f"{stem}_retention.csv", index=False)
         fits = pd.concat([fits] + [lc.extrapolate(retention, 0.1, model=m, value="shortfall") for m in lc.MODELS], ignore_index=True)
         print(f"retention: {len(models)} models x {retention['networks'].iloc[0]} networks, {args.episodes} episodes: "
               f"{time.perf_counter() - t0:.0f} s")
         print(retention.pivot_table(index=["option", "form", "layer"], columns="k", values="run_mean_retention").round(3).to_string())
+    fits = _kept(out_dir / f"{stem}_fit.csv", fits, args.append)
     fits.to_csv(out_dir / f"{stem}_fit.csv", index=False)
     plots.learning_curve(table, fits).savefig(out_dir / f"{stem}.png", dpi=120)
     cpu = table["wall_seconds"].sum()
@@ -102,6 +107,16 @@ def main(argv=None) -> None:
           f"wrote {out_dir / stem}.csv, _fit.csv, .png")
     print(table.pivot_table(index=["option", "form", "layer"], columns="k", values="ratio").round(3).to_string())
     print(fits[["value", "option", "form", "layer", "model", "k_values", "b", "k_target", "text"]].to_string(index=False))
+
+
+def _kept(path: Path, new: pd.DataFrame, append: bool) -> pd.DataFrame:
+    """``new``, after the rows of the file at ``path`` whose (option, form) ``new`` does not hold (``append``),
+    so that runs of other options or forms add up in one file; without ``append``, ``new`` alone."""
+    if not append or not path.is_file():
+        return new
+    old = pd.read_csv(path)
+    done = set(zip(new["option"], new["form"]))
+    return pd.concat([old[[key not in done for key in zip(old["option"], old["form"])]], new], ignore_index=True)
 
 
 if __name__ == "__main__":

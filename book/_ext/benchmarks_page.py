@@ -207,37 +207,38 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
 
     table = pd.read_csv(path)
     held = int(table["n_held_out_runs"].max()) if "n_held_out_runs" in table else 0
-    out.append("Stage 2's main autoencoders (the default profile's settings, symmetry option "
-               f"{', '.join(sorted(table['option'].unique()))}), each trained on the snapshots of k train runs only "
+    out.append("Stage 2's main autoencoders (the default profile's settings; symmetry options "
+               f"{', '.join(sorted(table['option'].unique()))}; forms {', '.join(sorted(table['form'].unique()))}), each trained on the snapshots of k train runs only "
                "(the zoo's leave-runs-out folds, `splits.json`), all measured on the same held-out runs"
                + (f" ({held}: the validation and test runs)" if held else "") + ". Functional loss over the "
                "train networks' mean layer's (1: no better than the mean layer), mean over held-out runs of the "
                "per-network ratio; per k the mean over folds and, in brackets, the lowest and highest fold's "
                "interval bound (bootstrap over held-out runs, then their snapshots).\n")
-    grouped = table.groupby(["form", "layer", "k"]).agg(ratio=("ratio", "mean"), low=("low", "min"), high=("high", "max"),
+    grouped = table.groupby(["option", "form", "layer", "k"]).agg(ratio=("ratio", "mean"), low=("low", "min"), high=("high", "max"),
                                                          folds=("fold", "nunique")).reset_index()
     ks = sorted(grouped["k"].unique())
-    out.append("| form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks))
-    for (form, layer), g in grouped.groupby(["form", "layer"]):
+    out.append("| option | form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|---|" + "---|" * len(ks))
+    for (option, form, layer), g in grouped.groupby(["option", "form", "layer"]):
         cells = {int(r.k): f"{r.ratio:.2f} [{r.low:.2f}, {r.high:.2f}] ({r.folds})" for r in g.itertuples()}
-        out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
+        out.append(f"| {option} | {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
     if {"train_functional", "held_out_functional"} <= set(table):
-        out.append(f"\nThe same models' functional loss on their own train networks: median "
-                   f"{table['train_functional'].median():.2f}; on the held-out runs' networks: median "
-                   f"{table['held_out_functional'].median():.2f}.")
+        medians = table.groupby(["option", "form"])[["train_functional", "held_out_functional"]].median()
+        out.append("\nThe same models' functional loss, median over folds and layers, on their own train networks "
+                   "and on the held-out runs' networks: " + "; ".join(
+                       f"{o} / {f} {r.train_functional:.2f} and {r.held_out_functional:.2f}" for (o, f), r in medians.iterrows()) + ".")
     retention_path = results / "learning_curve_default_retention.csv"
     if retention_path.is_file():
         ret = pd.read_csv(retention_path)
-        per_k = ret.groupby(["form", "layer", "k"]).agg(r=("run_mean_retention", "mean"), low=("low", "min"),
+        per_k = ret.groupby(["option", "form", "layer", "k"]).agg(r=("run_mean_retention", "mean"), low=("low", "min"),
                                                          high=("high", "max"), n=("networks", "max")).reset_index()
         out.append(f"\nDeployed retention (return of a held-out network with one layer decoded over its own, stage 3's "
                    f"paired protocol; {int(per_k['n'].max())} networks per fold), mean over folds [lowest, highest "
                    "fold bound]:\n")
-        out.append("| form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|" + "---|" * len(ks))
-        for (form, layer), g in per_k.groupby(["form", "layer"]):
+        out.append("| option | form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|---|" + "---|" * len(ks))
+        for (option, form, layer), g in per_k.groupby(["option", "form", "layer"]):
             pct = lambda x: f"{max(x, 0.0):.0%}" if x > -0.005 else f"{x:.0%}"  # noqa: E731 (no "-0%")
             cells = {int(r.k): f"{pct(r.r)} [{pct(r.low)}, {pct(r.high)}]" for r in g.itertuples()}
-            out.append(f"| {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
+            out.append(f"| {option} | {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
     fit_path = results / "learning_curve_default_fit.csv"
     if fit_path.is_file():
         fits = pd.read_csv(fit_path)
@@ -245,7 +246,7 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
         if len(fits):
             out.append("\nPower-law fits in k, extrapolated (the loss ratio to 0.1; retention's shortfall to 0.1, "
                        "90% retention):\n")
-            out += [f"- {r.value}, {r.form} layer {r.layer}: {r.text}" for r in fits.itertuples()]
+            out += [f"- {r.value}, {r.option} / {r.form}, layer {r.layer}: {r.text}" for r in fits.itertuples()]
     png = results / "learning_curve_default.png"
     if png.is_file():
         shutil.copy2(png, figures / "learning_curve_default.png")
