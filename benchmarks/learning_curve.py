@@ -93,9 +93,9 @@ def main(argv=None) -> None:
         retention = lc.fold_retention(models, [lab for lab in S.labels if lab in set(held)], per_run=args.retention,
                                       episodes=args.episodes, n_boot=args.n_boot, seed=S.P.seed)
         retention["shortfall"] = 1.0 - retention["run_mean_retention"]
+        fits = pd.concat([fits] + [lc.extrapolate(retention, 0.1, model=m, value="shortfall") for m in lc.MODELS], ignore_index=True)
         retention = _kept(out_dir / f"{stem}_retention.csv", retention, args.append)
         retention.to_csv(out_dir / f"{stem}_retention.csv", index=False)
-        fits = pd.concat([fits] + [lc.extrapolate(retention, 0.1, model=m, value="shortfall") for m in lc.MODELS], ignore_index=True)
         print(f"retention: {len(models)} models x {retention['networks'].iloc[0]} networks, {args.episodes} episodes: "
               f"{time.perf_counter() - t0:.0f} s")
         print(retention.pivot_table(index=["option", "form", "layer"], columns="k", values="run_mean_retention").round(3).to_string())

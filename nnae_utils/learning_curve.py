@@ -286,7 +286,11 @@ def k_for_target(fit: CurveFit, target: float) -> Extrapolation:
     if fit.b >= 0:
         return Extrapolation(target, math.inf, False, f"not reached: the {fit.model} fit does not fall with k (slope {fit.b:.3g})")
     t = math.log(target) if fit.model == "power" else target
-    k = math.exp((t - fit.a) / fit.b)
+    exponent = (t - fit.a) / fit.b
+    if exponent > math.log(1e300):  # a nearly flat fit: no number of runs a float can hold
+        return Extrapolation(target, math.inf, False, f"not reached within the fitted range (k = {fit.k_min:g}-{fit.k_max:g}); "
+                                                      f"the {fit.model} fit extrapolates beyond k = 1e300 (slope {fit.b:.3g})")
+    k = math.exp(exponent)
     if k <= fit.k_min:
         return Extrapolation(target, k, True, f"reached at the smallest k fitted (k = {fit.k_min:g})")
     if k <= fit.k_max:

@@ -82,6 +82,13 @@ def test_a_flat_curve_predicts_no_k():
     assert "not reached" in ex.text
 
 
+def test_a_nearly_flat_falling_curve_extrapolates_to_no_float():
+    """A slope of -0.0005 puts the target beyond any float: said in words, not an OverflowError."""
+    fit = lc.fit_curve([1, 2, 4, 8], [1.0, 0.9997, 0.9993, 0.999], "power")
+    ex = lc.k_for_target(fit, 0.1)
+    assert math.isinf(ex.k) and not ex.within_range and "beyond k = 1e300" in ex.text
+
+
 def test_log_fit_and_extrapolate_table():
     import pandas as pd
     table = pd.DataFrame({"option": "none", "layer": [0] * 3 + [1], "form": "flat", "k": [1, 2, 4, 1],
