@@ -366,12 +366,17 @@ def run_learner(run_dir: Path) -> tuple[str, int]:
     if not path.is_file():
         return "", -1
     prov = json.loads(path.read_text())
-    config = prov.get("config", {})
-    critic = "-".join(str(w) for w in config.get("critic_hidden", []))
-    learner = f"td3 critic {critic}" if critic else ""
-    if learner and prov.get("ensemble"):
-        learner += f", ensemble of {int(prov['ensemble']['k'])}"
-    return learner, int(config.get("actor_init_seed", -1))
+    return learner_name(prov), int(prov.get("config", {}).get("actor_init_seed", -1))
+
+
+def learner_name(record: Mapping[str, Any]) -> str:
+    """The learner of a run's provenance record (its ``config`` and ``ensemble``), as :func:`run_learner`
+    names it: ``"td3 critic 256-256"``, ``"td3 critic 64-64, ensemble of 4"``; "" without a critic."""
+    critic = "-".join(str(w) for w in (record.get("config") or {}).get("critic_hidden", []))
+    if not critic:
+        return ""
+    ensemble = record.get("ensemble")
+    return f"td3 critic {critic}" + (f", ensemble of {int(ensemble['k'])}" if isinstance(ensemble, Mapping) else "")
 
 
 def select_candidates(
@@ -1166,13 +1171,8 @@ def learner_table(zoo_dir: str | os.PathLike) -> pd.DataFrame:
     split_of = {int(r): s for s in (*SPLITS, SHARED_INIT)
                 for r in (splits.get("runs", {}).get(s, []) if s in SPLITS else splits.get(s, {}).get("runs", []))}
 
-    def learner_of(record: Mapping[str, Any]) -> str:
-        critic = "-".join(str(w) for w in (record.get("config") or {}).get("critic_hidden", []))
-        ensemble = record.get("ensemble")
-        return f"td3 critic {critic}" + (f", ensemble of {int(ensemble['k'])}" if isinstance(ensemble, dict) else "")
-
     runs = {int(k): v for k, v in {**prov.get("runs", {}), **growth.get("runs", {})}.items()}
-    learner = {r: learner_of(v) for r, v in runs.items()}
+    learner = {r: learner_name(v) for r, v in runs.items()}
     rows = [{"run": int(rec["provenance"]["run"]),
              "learner": rec["provenance"].get("learner") or learner.get(int(rec["provenance"]["run"]), "unknown")}
             for rec in read_index(zoo_dir)]
@@ -1180,9 +1180,9 @@ def learner_table(zoo_dir: str | os.PathLike) -> pd.DataFrame:
     learner.update(nets.drop_duplicates("run").set_index("run")["learner"].to_dict())
     failed = {int(k): v for k, v in growth.get("failed_runs", {}).items()}
     table = []
-    for name in sorted(set(learner.values()) | {learner_of(v) for v in failed.values()}):
+    for name in sorted(set(learner.values()) | {learner_name(v) for v in failed.values()}):
         mine = [r for r, n in learner.items() if n == name]
-        lost = [r for r, v in failed.items() if learner_of(v) == name]
+        lost = [r for r, v in failed.items() if learner_name(v) == name]
         core_h = sum((runs.get(r, {}).get("core_seconds") or 0.0) for r in mine) + sum(
             (failed[r].get("core_seconds") or 0.0) for r in lost)
         row = {"learner": name, "independent runs": sum(split_of.get(r) in SPLITS for r in mine),
