@@ -46,11 +46,13 @@ from nnae_utils.stages import STAGES_BY_NAME  # noqa: E402
 PUBLISHED = ROOT / "results" / "long"
 SLOW_RAW_RATE = 14_000.0
 """Raw Hopper steps per second on a 2-core machine of this kind without AVX-512 (the slow ones)."""
+SLOW_SLOWDOWN = 1.5
+"""The slow machine's wall time over the AVX-512 machine's, for the training-bound stages."""
 MEASURED_WALL_S = {"layer_autoencoders": 389.0, "cerl_comparison": 1427.0, "paper_figure3": 10.0, "book": 53.0}
 """Wall seconds of the default run on 2026-12-02 (AMD EPYC family 25 model 17, AVX-512, idle; Reproduce page)."""
 MEASURED_SLOW_WALL_S = {"layer_autoencoders": 814.0}
 """Wall seconds measured since on a slow machine (AMD EPYC family 25 model 1, no AVX-512, idle, 2026-12-07), which
-replace the entries above (divided by the slow machine's slowdown, 1.5, then times ``--slowdown``): stage 2 on the
+replace the entries above (divided by :data:`SLOW_SLOWDOWN`, then times ``--slowdown``): stage 2 on the
 grown zoo (276 networks of 20 runs, 123 train networks; its per-epoch evaluation grows with them) with the four
 symmetry options of before (none, align_runs, augment, canonical); the default now trains two (none, augment), so
 this overestimates it."""
@@ -99,7 +101,7 @@ def params(profile: str, overrides: list[str]) -> dict:
 
 
 def estimate(profile: str = "default", *, networks: int = 400, runs: int = 36, shares=(0.2, 0.2),
-             raw_rate: float = SLOW_RAW_RATE, slowdown: float = 1.5, decoded_fill: float = 0.26,
+             raw_rate: float = SLOW_RAW_RATE, slowdown: float = SLOW_SLOWDOWN, decoded_fill: float = 0.26,
              overrides: list[str] = ()) -> pd.DataFrame:
     """One row per stage: env steps, minutes on 2 cores, the minutes budgeted, and how the cost was counted."""
     p = params(profile, list(overrides))
@@ -113,7 +115,7 @@ def estimate(profile: str = "default", *, networks: int = 400, runs: int = 36, s
     rows.append(("data", steps, steps / rate, f"{deployed} of {networks} networks x {d.state_episodes} episodes"))
 
     slow_s = MEASURED_SLOW_WALL_S["layer_autoencoders"]
-    rows.append(("layer_autoencoders", 0, slow_s / 1.5 * slowdown,
+    rows.append(("layer_autoencoders", 0, slow_s / SLOW_SLOWDOWN * slowdown,
                  f"measured {slow_s:.0f} s on the slow machine, grown zoo, 4 symmetry options (training; not env steps)"))
 
     s3 = p["decoded_evaluation"]
@@ -166,7 +168,7 @@ def main(argv=None) -> pd.DataFrame:
     ap.add_argument("--runs", type=int, default=36, help="independent runs in the zoo")
     ap.add_argument("--split-shares", type=float, nargs=2, default=(0.2, 0.2), metavar=("VALIDATION", "TEST"))
     ap.add_argument("--raw-rate", type=float, default=SLOW_RAW_RATE, help="raw Hopper steps/s on the whole 2-core machine")
-    ap.add_argument("--slowdown", type=float, default=1.5, help="the machine's wall time over the AVX-512 machine's, for training")
+    ap.add_argument("--slowdown", type=float, default=SLOW_SLOWDOWN, help="the machine's wall time over the AVX-512 machine's, for training")
     ap.add_argument("--decoded-fill", type=float, default=0.26, help="share of the episode cap a decoded network plays")
     ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE")
     args = ap.parse_args(argv)

@@ -135,7 +135,8 @@ def rescore_index(index_path, tolerance, fresh=None, bar=None, runs=None):
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in needed) for r in records):
         raise NetworkFormatError(f"{index_path} must hold a list of records, each with {list(needed)}")
     if runs is not None:  # a grown zoo's latest shipment, say: only the networks of these TD3 runs
-        records = [r for r in records if (r.get("provenance") or {}).get("run") in set(runs)]
+        wanted = set(runs)
+        records = [r for r in records if (r.get("provenance") or {}).get("run") in wanted]
     worst, means = 0.0, []
     for rec in records:
         seeds = list(range(fresh[0], fresh[0] + fresh[1])) if fresh else rec["eval_seeds"]

@@ -235,8 +235,10 @@ def _learning_curve(results: Path, figures: Path, missing: str) -> list[str]:
                    f"paired protocol; {int(per_k['n'].max())} networks per fold), mean over folds [lowest, highest "
                    "fold bound]:\n")
         out.append("| option | form | layer | " + " | ".join(f"k = {k}" for k in ks) + " |\n|---|---|---|" + "---|" * len(ks))
+        def pct(x: float) -> str:
+            return f"{max(x, 0.0):.0%}" if x > -0.005 else f"{x:.0%}"  # no "-0%"
+
         for (option, form, layer), g in per_k.groupby(["option", "form", "layer"]):
-            pct = lambda x: f"{max(x, 0.0):.0%}" if x > -0.005 else f"{x:.0%}"  # noqa: E731 (no "-0%")
             cells = {int(r.k): f"{pct(r.r)} [{pct(r.low)}, {pct(r.high)}]" for r in g.itertuples()}
             out.append(f"| {option} | {form} | {layer} | " + " | ".join(cells.get(int(k), "n/a") for k in ks) + " |")
     fit_path = results / "learning_curve_default_fit.csv"
